@@ -1,0 +1,364 @@
+"""The kombu channel: AMQP queue semantics over the broker tables."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from kombu.transport import virtual
+from kombu.transport.base import to_rabbitmq_queue_arguments
+
+from .connections import CONNECTION_ERRORS
+from .payload import BadPayload, decode, envelope
+from .sql import PRIORITIES
+
+if TYPE_CHECKING:
+    from .transport import Transport
+
+logger = logging.getLogger(__name__)
+
+#: Claim at most this many at once when the consumer set no prefetch limit.
+UNLIMITED_BATCH = 100
+
+
+class QoS(virtual.QoS):
+    """Prefetch accounting in memory; acks, rejects and restores go to the database."""
+
+    channel: Channel
+
+    def held(self) -> list[int]:
+        """Delivery tags (row ids) this channel holds unacked right now."""
+        for _ in range(3):
+            try:
+                dirty = self._dirty
+                return [tag for tag in list(self._delivered) if tag not in dirty]
+            except RuntimeError:  # changed size under us (ack from another thread)
+                continue
+        return []
+
+    def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        # The row stays in the table; no copy is published (unlike kombu's default).
+        self._quick_ack(delivery_tag)
+
+    def restore_unacked(self) -> list[Any]:
+        self._flush()
+        tags = list(self._delivered)
+        self._delivered.clear()
+        if not tags or os.getpid() != self.channel.pid:
+            return []
+        try:
+            self.channel.release(tags)
+        except Exception as exc:
+            logger.warning(
+                "could not hand %d message(s) back (%r); they return when their lease ends",
+                len(tags),
+                exc,
+            )
+        return []
+
+
+class Channel(virtual.Channel):
+    QoS = QoS
+    supports_fanout = True
+    connection: Transport
+
+    def __init__(self, connection: Transport, **kwargs: Any) -> None:
+        super().__init__(connection, **kwargs)
+        self.pid = os.getpid()
+        self.owner = f"{socket.gethostname()}/{self.pid}/{uuid.uuid4().hex[:8]}"
+        self._noack_queues: set[str] = set()
+        self._auto_delete: set[str] = set()
+        self._expiring: set[str] = set()
+        #: Set when a notification, a full batch or a timer says messages may be waiting.
+        self.maybe_more = True
+
+    # -- helpers ---------------------------------------------------------------------
+
+    @property
+    def sql(self):
+        return self.connection.sql
+
+    def _fetch(self, statement: str, **params: Any) -> list[tuple[Any, ...]]:
+        with self.connection.pool.connection() as conn:
+            cur = conn.execute(statement, params)
+            return cur.fetchall() if cur.description else []
+
+    def _run(self, statement: str, **params: Any) -> int:
+        with self.connection.pool.connection() as conn:
+            return conn.execute(statement, params).rowcount
+
+    # -- publishing ------------------------------------------------------------------
+
+    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        env = envelope(message, self.connection.options.native_delay)
+        self._fetch(
+            self.sql.publish,
+            queue=queue,
+            priority=env.priority,
+            eta=env.eta,
+            expires=env.expires,
+            task_id=env.task_id,
+            payload=env.payload,
+            channel=self.connection.notify_channel,
+        )
+
+    def basic_publish(
+        self, message: dict[str, Any], exchange: str, routing_key: str, **kwargs: Any
+    ) -> None:
+        self._inplace_augment_message(message, exchange, routing_key)
+        if not exchange:
+            self._put(routing_key, message)
+            return
+        # Route in the database, against the bindings every process shares.
+        env = envelope(message, self.connection.options.native_delay)
+        self._fetch(
+            self.sql.publish_exchange,
+            exchange=exchange,
+            routing_key=routing_key or "",
+            priority=env.priority,
+            eta=env.eta,
+            expires=env.expires,
+            task_id=env.task_id,
+            payload=env.payload,
+            channel=self.connection.notify_channel,
+        )
+
+    # -- queues, exchanges, bindings -------------------------------------------------
+
+    def _new_queue(self, queue: str, **kwargs: Any) -> None:
+        args = kwargs.get("arguments") or {}
+        ttl = args.get("x-message-ttl")
+        expires = args.get("x-expires")
+        auto_delete = bool(kwargs.get("auto_delete"))
+        self._run(
+            self.sql.declare_queue,
+            queue=queue,
+            message_ttl=float(ttl) / 1000 if ttl is not None else None,
+            expires=float(expires) / 1000 if expires is not None else None,
+            auto_delete=auto_delete,
+        )
+        if auto_delete:
+            self._auto_delete.add(queue)
+        if expires is not None:
+            self._expiring.add(queue)
+
+    def prepare_queue_arguments(self, arguments: dict[str, Any] | None, **kwargs: Any):
+        # Turn kombu's expires/message_ttl into x-expires/x-message-ttl, as for RabbitMQ.
+        return to_rabbitmq_queue_arguments(arguments or {}, **kwargs)
+
+    def _has_queue(self, queue: str, **kwargs: Any) -> bool:
+        return bool(self._fetch(self.sql.has_queue, queue=queue)[0][0])
+
+    def _size(self, queue: str) -> int:
+        return int(self._fetch(self.sql.size, queue=queue)[0][0])
+
+    def _purge(self, queue: str) -> int:
+        return int(self._fetch(self.sql.purge, queue=queue)[0][0])
+
+    def queue_delete(
+        self, queue: str, if_unused: bool = False, if_empty: bool = False, **kwargs: Any
+    ) -> None:
+        if if_empty and self._size(queue):
+            return
+        self._run(self.sql.delete_queue, queue=queue)
+        self.state.queue_bindings_delete(queue)
+        self._auto_delete.discard(queue)
+        self._expiring.discard(queue)
+
+    def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
+        kind = self.typeof(exchange).type
+        self._run(
+            self.sql.bind,
+            exchange=exchange,
+            queue=queue,
+            routing_key=routing_key or "",
+            kind=kind if kind in ("direct", "topic", "fanout") else "direct",
+            regex=pattern if kind == "topic" else None,
+        )
+
+    def queue_unbind(
+        self,
+        queue: str,
+        exchange: str | None = None,
+        routing_key: str = "",
+        arguments: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        self.state.binding_delete(queue, exchange, routing_key)
+        self._run(
+            self.sql.unbind, exchange=exchange or "", queue=queue, routing_key=routing_key or ""
+        )
+
+    def get_table(self, exchange: str) -> list[tuple[str, str, str]]:
+        rows = self._fetch(
+            "SELECT routing_key, coalesce(regex, ''), queue FROM "
+            f'"{self.sql.schema}".binding WHERE exchange = %(exchange)s',
+            exchange=exchange,
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    # -- consuming -------------------------------------------------------------------
+
+    def basic_consume(
+        self, queue: str, no_ack: bool, callback: Any, consumer_tag: str, **kwargs: Any
+    ) -> None:
+        if no_ack:
+            self._noack_queues.add(queue)
+        super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
+        self.maybe_more = True
+        self.connection.on_consume(self)
+
+    def basic_cancel(self, consumer_tag: str) -> None:
+        queue = self._tag_to_queue.get(consumer_tag)
+        super().basic_cancel(consumer_tag)
+        if queue is not None and queue not in self._active_queues:
+            self._noack_queues.discard(queue)
+            if queue in self._auto_delete and not self.closed_for_fork:
+                try:
+                    self.queue_delete(queue)
+                except Exception as exc:
+                    logger.debug("auto-delete of %s failed: %r", queue, exc)
+
+    @property
+    def closed_for_fork(self) -> bool:
+        return os.getpid() != self.pid
+
+    def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
+        got = self.claim([queue], 1, noack=no_ack)
+        if not got:
+            return None
+        _, raw = got[0]
+        message = self.Message(raw, channel=self)
+        if not no_ack:
+            self.qos.append(message, message.delivery_tag)
+        return message
+
+    def capacity(self) -> int:
+        if not self._consumers:
+            return 0
+        estimate = self.qos.can_consume_max_estimate()
+        return UNLIMITED_BATCH if estimate is None else estimate
+
+    def claim(
+        self, queues: Sequence[str], limit: int, noack: bool | None = None
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Claim up to ``limit`` messages from ``queues``: (queue, kombu message) pairs."""
+        if limit <= 0 or not queues:
+            return []
+        groups: list[tuple[list[str], bool]]
+        if noack is None:
+            acked = [q for q in queues if q not in self._noack_queues]
+            unacked = [q for q in queues if q in self._noack_queues]
+            groups = [(g, flag) for g, flag in ((acked, False), (unacked, True)) if g]
+        else:
+            groups = [(list(queues), noack)]
+        rows: list[tuple[Any, ...]] = []
+        for group, flag in groups:
+            want = limit - len(rows)
+            if want <= 0:
+                break
+            rows.extend(self._claim_rows(group, want, flag))
+        out: list[tuple[str, dict[str, Any]]] = []
+        bad: list[tuple[int, str, int, str, str]] = []
+        for _ord, row_id, queue, count, payload in sorted(rows, key=lambda r: r[0]):
+            try:
+                out.append((queue, decode(payload, row_id, count)))
+            except BadPayload as exc:
+                bad.append((row_id, queue, count, payload, str(exc)))
+        for row_id, queue, count, payload, reason in bad:
+            self._bury_bad(row_id, queue, count, payload, reason)
+        return out
+
+    def _claim_rows(self, queues: list[str], limit: int, noack: bool) -> list[tuple[Any, ...]]:
+        pairs = [(q, p) for p in PRIORITIES for q in queues]
+        params: dict[str, Any] = {
+            "queues": [q for q, _ in pairs],
+            "prios": [p for _, p in pairs],
+            "limit": limit,
+        }
+        if noack:
+            return self._fetch(self.sql.claim_noack, **params)
+        opts = self.connection.options
+        return self._fetch(
+            self.sql.claim,
+            owner=self.owner,
+            lease=opts.lease_seconds,
+            max_deliveries=opts.max_deliveries,
+            **params,
+        )
+
+    def _bury_bad(self, row_id: int, queue: str, count: int, payload: str, reason: str) -> None:
+        logger.error("message %s in queue %r moved to dead letters: %s", row_id, queue, reason)
+        if queue in self._noack_queues:  # already deleted by the claim
+            self._run(
+                self.sql.bury_row,
+                id=row_id,
+                queue=queue,
+                delivery_count=count,
+                payload=payload,
+                reason=reason,
+            )
+        else:
+            self._run(self.sql.bury, ids=[row_id], owner=self.owner, reason=reason)
+
+    def next_due(self) -> float | None:
+        """Epoch time at which a message of our queues next becomes claimable."""
+        queues = list(self._active_queues)
+        if not queues:
+            return None
+        pairs = [(q, p) for p in PRIORITIES for q in queues]
+        rows = self._fetch(
+            self.sql.next_due, queues=[q for q, _ in pairs], prios=[p for _, p in pairs]
+        )
+        return rows[0][0] if rows and rows[0][0] is not None else None
+
+    def touch_queues(self) -> None:
+        """Keep queues with x-expires that we consume alive."""
+        alive = [q for q in self._active_queues if q in self._expiring]
+        if alive:
+            self._run(self.sql.touch_queues, queues=alive)
+
+    # -- acks ------------------------------------------------------------------------
+
+    def basic_ack(self, delivery_tag: Any, multiple: bool = False) -> None:
+        self._with_retry(self.sql.ack, ids=[delivery_tag], owner=self.owner)
+        self.qos.ack(delivery_tag)
+
+    def basic_reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        if requeue:
+            self._with_retry(
+                self.sql.requeue,
+                ids=[delivery_tag],
+                owner=self.owner,
+                channel=self.connection.notify_channel,
+            )
+        else:
+            # No exchange to dead-letter to in kombu: keep it, like RabbitMQ with a DLX.
+            self._with_retry(self.sql.bury, ids=[delivery_tag], owner=self.owner, reason="rejected")
+        self.qos.reject(delivery_tag, requeue=requeue)
+
+    def release(self, tags: list[Any]) -> None:
+        self._fetch(
+            self.sql.release, ids=tags, owner=self.owner, channel=self.connection.notify_channel
+        )
+
+    def renew(self, tags: list[Any]) -> set[int]:
+        rows = self._fetch(
+            self.sql.renew,
+            ids=tags,
+            owner=self.owner,
+            lease=self.connection.options.lease_seconds,
+        )
+        return {r[0] for r in rows}
+
+    def _with_retry(self, statement: str, **params: Any) -> None:
+        # Acks are idempotent: one retry on a fresh connection rides over a server restart
+        # or a killed backend without losing the ack.
+        try:
+            self._fetch(statement, **params)
+        except CONNECTION_ERRORS:
+            self._fetch(statement, **params)

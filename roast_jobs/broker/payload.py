@@ -1,0 +1,88 @@
+"""What the broker reads out of a kombu message before storing it, and back after."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+MIN_PRIORITY, MAX_PRIORITY = 0, 9
+
+
+class BadPayload(ValueError):
+    """A stored row that is not a kombu message."""
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """The columns stored beside a message."""
+
+    priority: int
+    eta: datetime | None
+    expires: datetime | None
+    task_id: str | None
+    payload: str
+
+
+def clamp_priority(value: Any) -> int:
+    try:
+        return max(MIN_PRIORITY, min(MAX_PRIORITY, int(value)))
+    except (TypeError, ValueError):
+        return MIN_PRIORITY
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if value in (None, ""):
+        return None
+    if isinstance(value, datetime):
+        when = value
+    else:
+        try:
+            when = datetime.fromisoformat(str(value))
+        except ValueError:
+            return None
+    # Celery sends aware times when enable_utc is on (the default); a naive one is UTC.
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def envelope(message: dict[str, Any], native_delay: bool) -> Envelope:
+    props = message.get("properties") or {}
+    headers = message.get("headers") or {}
+    eta = _parse_time(headers.get("eta")) if native_delay else None
+    expires = _parse_time(headers.get("expires"))
+    expiration = props.get("expiration")  # AMQP per-message TTL, milliseconds
+    if expiration not in (None, ""):
+        try:
+            ttl = datetime.now(UTC) + timedelta(milliseconds=float(expiration))
+        except (TypeError, ValueError):
+            ttl = None
+        if ttl is not None:
+            expires = min(expires, ttl) if expires else ttl
+    task_id = headers.get("id") if "task" in headers else None
+    return Envelope(
+        priority=clamp_priority(props.get("priority")),
+        eta=eta,
+        expires=expires,
+        task_id=str(task_id) if task_id is not None else None,
+        payload=json.dumps(message, separators=(",", ":")),
+    )
+
+
+def decode(payload: str, row_id: int, delivery_count: int) -> dict[str, Any]:
+    """The kombu message of a row, tagged for this delivery; BadPayload if it is not one."""
+    try:
+        message = json.loads(payload)
+    except (TypeError, ValueError) as exc:
+        raise BadPayload(f"payload is not JSON: {exc}") from None
+    if not isinstance(message, dict) or not isinstance(message.get("properties"), dict):
+        raise BadPayload("payload is not a kombu message (no properties)")
+    props = message["properties"]
+    info = props.get("delivery_info")
+    if not isinstance(info, dict):
+        info = props["delivery_info"] = {}
+    # The row id is the delivery tag: acks go straight to the row, from any process.
+    props["delivery_tag"] = row_id
+    info["redelivered"] = delivery_count > 1
+    message["redelivered"] = delivery_count > 1
+    return message

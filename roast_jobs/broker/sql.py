@@ -1,0 +1,407 @@
+"""Every SQL statement of the broker, built once per schema.
+
+The tables (see ``SCHEMA``):
+
+- ``message``: live messages only. A message is claimable when ``visible_at <= now()``;
+  a claim moves ``visible_at`` to the end of its lease, so an expired lease makes the
+  message claimable again with no sweeper. Acked rows are deleted.
+- ``queue``: declared queues and their AMQP options (message TTL, expiry).
+- ``binding``: exchange -> queue routes, shared by every process.
+- ``dead_letter``: messages that could not be delivered, with why and to whom they went.
+- ``meta``: schema version and maintenance bookkeeping.
+
+Statements use psycopg's named parameters; the schema name is validated and quoted here
+and nowhere else.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+
+SCHEMA_VERSION = 1
+PRIORITIES = tuple(range(9, -1, -1))  # served highest first
+
+_IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def check_identifier(name: str) -> str:
+    if not _IDENT.match(name):
+        raise ValueError(
+            f"invalid schema name {name!r}: use lower-case letters, digits and '_' "
+            "(at most 63 characters, not starting with a digit)"
+        )
+    return name
+
+
+SCHEMA = """
+CREATE SCHEMA IF NOT EXISTS {s};
+
+CREATE TABLE IF NOT EXISTS {s}.meta (
+    key text PRIMARY KEY,
+    value text,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS {s}.message (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    queue text NOT NULL,
+    priority smallint NOT NULL DEFAULT 0 CHECK (priority BETWEEN 0 AND 9),
+    visible_at timestamptz NOT NULL DEFAULT now(),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    expires_at timestamptz,
+    lease_owner text,
+    delivery_count integer NOT NULL DEFAULT 0,
+    delivered_to text[],
+    task_id text,
+    payload text NOT NULL
+) WITH (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_threshold = 500);
+
+CREATE INDEX IF NOT EXISTS message_claim_idx
+    ON {s}.message (queue, priority, visible_at, id);
+CREATE INDEX IF NOT EXISTS message_task_id_idx
+    ON {s}.message (task_id) WHERE task_id IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS {s}.queue (
+    name text PRIMARY KEY,
+    message_ttl interval,
+    expires interval,
+    auto_delete boolean NOT NULL DEFAULT false,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    last_used timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS {s}.binding (
+    exchange text NOT NULL,
+    queue text NOT NULL,
+    routing_key text NOT NULL DEFAULT '',
+    kind text NOT NULL CHECK (kind IN ('direct', 'topic', 'fanout')),
+    regex text,
+    PRIMARY KEY (exchange, queue, routing_key)
+);
+CREATE INDEX IF NOT EXISTS binding_queue_idx ON {s}.binding (queue);
+
+CREATE TABLE IF NOT EXISTS {s}.dead_letter (
+    id bigint PRIMARY KEY,
+    queue text NOT NULL,
+    priority smallint NOT NULL,
+    created_at timestamptz NOT NULL,
+    dead_at timestamptz NOT NULL DEFAULT now(),
+    reason text NOT NULL,
+    delivery_count integer NOT NULL,
+    delivered_to text[],
+    task_id text,
+    payload text NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letter_task_id_idx
+    ON {s}.dead_letter (task_id) WHERE task_id IS NOT NULL;
+
+INSERT INTO {s}.meta (key, value) VALUES ('schema_version', '{version}')
+    ON CONFLICT (key) DO NOTHING;
+"""
+
+# Columns copied from message to dead_letter.
+_DEAD_COLS = "id, queue, priority, created_at, delivery_count, delivered_to, task_id, payload"
+
+# The (queue, priority) pairs to scan, in serving order, come in as two parallel arrays;
+# a nested loop over them walks the claim index once per pair and stops at the LIMIT, so
+# neither delayed nor leased rows are ever scanned past.
+_READY = """
+    SELECT k.ord, m.id, m.delivery_count
+    FROM unnest(%(queues)s::text[], %(prios)s::smallint[]) WITH ORDINALITY AS k(queue, prio, ord)
+    CROSS JOIN LATERAL (
+        SELECT id, delivery_count FROM {s}.message
+        WHERE queue = k.queue AND priority = k.prio AND visible_at <= now()
+          AND (expires_at IS NULL OR expires_at > now())
+        ORDER BY visible_at, id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) m
+    LIMIT %(limit)s
+"""
+
+
+@dataclass(frozen=True)
+class Statements:
+    schema: str
+    ddl: str
+    current_version: str
+    lock_schema: str
+    publish: str
+    publish_exchange: str
+    claim: str
+    claim_noack: str
+    next_due: str
+    renew: str
+    ack: str
+    release: str
+    requeue: str
+    bury: str
+    bury_row: str
+    size: str
+    purge: str
+    has_queue: str
+    declare_queue: str
+    touch_queues: str
+    bind: str
+    unbind: str
+    delete_queue: str
+    sweep_messages: str
+    sweep_queues: str
+    maintenance_lock: str
+    maintenance_due: str
+    maintenance_done: str
+
+
+@cache
+def statements(schema: str) -> Statements:
+    s = f'"{check_identifier(schema)}"'
+
+    def q(text: str) -> str:
+        return text.replace("{s}", s)
+
+    lease = "now() + make_interval(secs => %(lease)s)"
+    return Statements(
+        schema=schema,
+        ddl=SCHEMA.replace("{s}", s).replace("{version}", str(SCHEMA_VERSION)),
+        current_version=q("SELECT value FROM {s}.meta WHERE key = 'schema_version'"),
+        # Many workers may start at once: serialise schema creation per schema name.
+        lock_schema="SELECT pg_advisory_xact_lock(hashtext('roast_jobs_broker:' || %(schema)s))",
+        publish=q(
+            """
+            WITH ins AS (
+                INSERT INTO {s}.message
+                    (queue, priority, visible_at, expires_at, task_id, payload)
+                VALUES (
+                    %(queue)s, %(priority)s, COALESCE(%(eta)s, now()),
+                    LEAST(%(expires)s,
+                          now() + (SELECT message_ttl FROM {s}.queue WHERE name = %(queue)s)),
+                    %(task_id)s, %(payload)s)
+                RETURNING id, visible_at
+            )
+            SELECT id, pg_notify(%(channel)s, CASE WHEN visible_at > now()
+                THEN %(queue)s || chr(31) || extract(epoch FROM visible_at)::text
+                ELSE %(queue)s END)
+            FROM ins
+            """
+        ),
+        publish_exchange=q(
+            """
+            WITH ins AS (
+                INSERT INTO {s}.message
+                    (queue, priority, visible_at, expires_at, task_id, payload)
+                SELECT b.queue, %(priority)s, COALESCE(%(eta)s, now()),
+                       LEAST(%(expires)s, now() + qu.message_ttl), %(task_id)s, %(payload)s
+                FROM {s}.binding b LEFT JOIN {s}.queue qu ON qu.name = b.queue
+                WHERE b.exchange = %(exchange)s
+                  AND (b.kind = 'fanout'
+                       OR (b.kind = 'direct' AND b.routing_key = %(routing_key)s)
+                       OR (b.kind = 'topic' AND %(routing_key)s ~ b.regex))
+                RETURNING queue, visible_at
+            )
+            SELECT queue, pg_notify(%(channel)s, CASE WHEN min(visible_at) > now()
+                THEN queue || chr(31) || extract(epoch FROM min(visible_at))::text
+                ELSE queue END)
+            FROM ins GROUP BY queue
+            """
+        ),
+        claim=q(
+            f"""
+            WITH picked AS ({_READY}),
+            poison AS (
+                DELETE FROM {{s}}.message m USING picked p
+                WHERE m.id = p.id AND p.delivery_count >= %(max_deliveries)s
+                RETURNING m.*
+            ),
+            buried AS (
+                INSERT INTO {{s}}.dead_letter ({_DEAD_COLS}, reason)
+                SELECT {_DEAD_COLS},
+                       'delivered ' || delivery_count || ' times without an ack'
+                FROM poison
+            )
+            UPDATE {{s}}.message m
+            SET lease_owner = %(owner)s, visible_at = {lease},
+                delivery_count = m.delivery_count + 1,
+                delivered_to = array_append(m.delivered_to, %(owner)s)
+            FROM picked p
+            WHERE m.id = p.id AND p.delivery_count < %(max_deliveries)s
+            RETURNING p.ord, m.id, m.queue, m.delivery_count, m.payload
+            """
+        ),
+        claim_noack=q(
+            f"""
+            WITH picked AS ({_READY})
+            DELETE FROM {{s}}.message m USING picked p WHERE m.id = p.id
+            RETURNING p.ord, m.id, m.queue, m.delivery_count + 1, m.payload
+            """
+        ),
+        # Earliest time a row of these queues becomes claimable (a delay ends or a lease
+        # runs out): one index probe per (queue, priority).
+        next_due=q(
+            """
+            SELECT extract(epoch FROM min(m.visible_at))::float8
+            FROM unnest(%(queues)s::text[], %(prios)s::smallint[]) AS k(queue, prio)
+            CROSS JOIN LATERAL (
+                SELECT visible_at FROM {s}.message
+                WHERE queue = k.queue AND priority = k.prio AND visible_at > now()
+                ORDER BY visible_at LIMIT 1
+            ) m
+            """
+        ),
+        renew=q(
+            f"""
+            UPDATE {{s}}.message SET visible_at = {lease}
+            WHERE id = ANY(%(ids)s) AND lease_owner = %(owner)s
+            RETURNING id
+            """
+        ),
+        ack=q("DELETE FROM {s}.message WHERE id = ANY(%(ids)s) AND lease_owner = %(owner)s"),
+        # Graceful hand-back (shutdown, recover): not counted as a delivery, and the message
+        # keeps its place in line.
+        release=q(
+            """
+            WITH r AS (
+                UPDATE {s}.message
+                SET lease_owner = NULL, visible_at = LEAST(visible_at, created_at),
+                    delivery_count = GREATEST(delivery_count - 1, 0)
+                WHERE id = ANY(%(ids)s) AND lease_owner = %(owner)s
+                RETURNING queue
+            )
+            SELECT pg_notify(%(channel)s, queue) FROM (SELECT DISTINCT queue FROM r) d
+            """
+        ),
+        # reject(requeue=True): counted, so a task that keeps killing its worker is buried.
+        requeue=q(
+            """
+            WITH r AS (
+                UPDATE {s}.message
+                SET lease_owner = NULL, visible_at = LEAST(visible_at, created_at)
+                WHERE id = ANY(%(ids)s) AND lease_owner = %(owner)s
+                RETURNING queue
+            )
+            SELECT pg_notify(%(channel)s, queue) FROM (SELECT DISTINCT queue FROM r) d
+            """
+        ),
+        bury=q(
+            f"""
+            WITH moved AS (
+                DELETE FROM {{s}}.message
+                WHERE id = ANY(%(ids)s) AND (%(owner)s::text IS NULL OR lease_owner = %(owner)s)
+                RETURNING *
+            )
+            INSERT INTO {{s}}.dead_letter ({_DEAD_COLS}, reason)
+            SELECT {_DEAD_COLS}, %(reason)s FROM moved
+            ON CONFLICT (id) DO NOTHING
+            """
+        ),
+        bury_row=q(
+            f"""
+            INSERT INTO {{s}}.dead_letter ({_DEAD_COLS}, reason)
+            VALUES (%(id)s, %(queue)s, 0, now(), %(delivery_count)s, NULL, NULL,
+                    %(payload)s, %(reason)s)
+            ON CONFLICT (id) DO NOTHING
+            """
+        ),
+        size=q(
+            """
+            SELECT count(*) FROM {s}.message
+            WHERE queue = %(queue)s AND (lease_owner IS NULL OR visible_at <= now())
+              AND (expires_at IS NULL OR expires_at > now())
+            """
+        ),
+        purge=q(
+            """
+            WITH gone AS (
+                DELETE FROM {s}.message
+                WHERE queue = %(queue)s AND (lease_owner IS NULL OR visible_at <= now())
+                RETURNING 1
+            )
+            SELECT count(*) FROM gone
+            """
+        ),
+        has_queue=q(
+            """
+            SELECT EXISTS (SELECT 1 FROM {s}.queue WHERE name = %(queue)s)
+                OR EXISTS (SELECT 1 FROM {s}.message WHERE queue = %(queue)s)
+            """
+        ),
+        declare_queue=q(
+            """
+            INSERT INTO {s}.queue (name, message_ttl, expires, auto_delete)
+            VALUES (%(queue)s, make_interval(secs => %(message_ttl)s),
+                    make_interval(secs => %(expires)s), %(auto_delete)s)
+            ON CONFLICT (name) DO UPDATE
+            SET message_ttl = EXCLUDED.message_ttl, expires = EXCLUDED.expires,
+                auto_delete = EXCLUDED.auto_delete, last_used = now()
+            """
+        ),
+        touch_queues=q("UPDATE {s}.queue SET last_used = now() WHERE name = ANY(%(queues)s)"),
+        bind=q(
+            """
+            INSERT INTO {s}.binding (exchange, queue, routing_key, kind, regex)
+            VALUES (%(exchange)s, %(queue)s, %(routing_key)s, %(kind)s, %(regex)s)
+            ON CONFLICT (exchange, queue, routing_key) DO UPDATE
+            SET kind = EXCLUDED.kind, regex = EXCLUDED.regex
+            """
+        ),
+        unbind=q(
+            """
+            DELETE FROM {s}.binding
+            WHERE exchange = %(exchange)s AND queue = %(queue)s AND routing_key = %(routing_key)s
+            """
+        ),
+        delete_queue=q(
+            """
+            WITH dm AS (DELETE FROM {s}.message WHERE queue = %(queue)s RETURNING 1),
+            db AS (DELETE FROM {s}.binding WHERE queue = %(queue)s)
+            DELETE FROM {s}.queue WHERE name = %(queue)s
+            """
+        ),
+        # Expired messages go away; a Celery task's (it has an id) is kept as a dead letter
+        # so that "what happened to task X" still has an answer.
+        sweep_messages=q(
+            f"""
+            WITH gone AS (
+                DELETE FROM {{s}}.message
+                WHERE expires_at <= now() AND (lease_owner IS NULL OR visible_at <= now())
+                RETURNING *
+            ),
+            buried AS (
+                INSERT INTO {{s}}.dead_letter ({_DEAD_COLS}, reason)
+                SELECT {_DEAD_COLS}, 'expired' FROM gone WHERE task_id IS NOT NULL
+                ON CONFLICT (id) DO NOTHING
+            )
+            SELECT count(*) FROM gone
+            """
+        ),
+        sweep_queues=q(
+            """
+            WITH dq AS (
+                DELETE FROM {s}.queue
+                WHERE expires IS NOT NULL AND last_used + expires < now()
+                RETURNING name
+            ),
+            db AS (DELETE FROM {s}.binding WHERE queue IN (SELECT name FROM dq)),
+            dm AS (DELETE FROM {s}.message WHERE queue IN (SELECT name FROM dq))
+            SELECT count(*) FROM dq
+            """
+        ),
+        maintenance_lock=(
+            "SELECT pg_try_advisory_xact_lock(hashtext('roast_jobs_maint:' || %(schema)s))"
+        ),
+        maintenance_due=q(
+            """
+            SELECT NOT EXISTS (
+                SELECT 1 FROM {s}.meta WHERE key = 'broker_maintenance'
+                AND updated_at > now() - make_interval(secs => %(interval)s))
+            """
+        ),
+        maintenance_done=q(
+            """
+            INSERT INTO {s}.meta (key, value, updated_at)
+            VALUES ('broker_maintenance', %(value)s, now())
+            ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()
+            """
+        ),
+    )

@@ -1,0 +1,38 @@
+"""Process-wide settings: the one place that reads the environment."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Settings read from ``ROAST_JOBS_*`` variables (and ``DATABASE_URL``)."""
+
+    model_config = SettingsConfigDict(env_prefix="ROAST_JOBS_", extra="ignore")
+
+    # The application's PostgreSQL, which also holds the broker and the results.
+    database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
+    broker_schema: str = "roast_jobs_broker"
+    result_schema: str = "roast_jobs_results"
+    lease_seconds: float = 30.0
+    max_deliveries: int = 5
+    poll_interval: float = 2.0
+    native_delay: bool = True
+    # Where `roast-jobs demo` keeps its embedded PostgreSQL when DATABASE_URL is unset.
+    data_dir: str = ".roast-jobs"
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise RuntimeError(
+                "DATABASE_URL is not set: point it at PostgreSQL, "
+                "e.g. postgresql://user:pass@localhost:5432/app"
+            )
+        return self.database_url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
