@@ -49,9 +49,10 @@ def _current_version(conn: psycopg.Connection, sql: Statements) -> int | None:
     return int(row[0]) if row and row[0] else None
 
 
-def forget_schema(pool: Pool, schema: str) -> None:
+def forget_schema(schema: str) -> None:
     """Tell this process the schema is gone (tests drop it between runs)."""
-    _ready.discard((pool.conninfo, schema))
+    for key in [k for k in _ready if k[1] == schema]:
+        _ready.discard(key)
 
 
 def sweep(pool: Pool, sql: Statements, interval: float) -> dict[str, int] | None:

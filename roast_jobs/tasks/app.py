@@ -1,0 +1,45 @@
+"""The Celery app of roast-jobs, configured from Settings to run on the app's PostgreSQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+import roast_jobs.broker  # noqa: F401 - registers postgresql:// for kombu
+from roast_jobs.config import Settings, get_settings
+
+from .results import sqlalchemy_url
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    url = settings.require_database_url()
+    return {
+        "broker_url": url,
+        "broker_transport_options": {
+            "schema": settings.broker_schema,
+            "lease_seconds": settings.lease_seconds,
+            "max_deliveries": settings.max_deliveries,
+            "polling_interval": settings.poll_interval,
+            "native_delay": settings.native_delay,
+        },
+        "broker_connection_retry_on_startup": True,
+        "result_backend": "roast_jobs.tasks.results:ResultBackend",
+        "database_url": sqlalchemy_url(url),
+        "database_table_schemas": {"task": settings.result_schema, "group": settings.result_schema},
+        "database_engine_options": {"pool_pre_ping": True},
+        "result_extended": True,
+        # Crash safety: a task is acked when it finishes; a lost child puts it back (and the
+        # broker buries it after max_deliveries tries).
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_track_started": True,
+        "worker_hijack_root_logger": False,
+    }
+
+
+def make_celery(settings: Settings | None = None, main: str = "roast_jobs", **overrides: Any) -> Celery:
+    settings = settings or get_settings()
+    app = Celery(main)
+    app.conf.update(celery_config(settings), **overrides)
+    return app

@@ -1,0 +1,68 @@
+"""Fixtures: every test run gets its own schemas on the real PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from kombu import Connection
+
+DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
+DATABASE_URL = os.environ.get("ROAST_JOBS_TEST_DATABASE_URL") or os.environ.get(
+    "DATABASE_URL", DEFAULT_URL
+)
+RUN_ID = uuid.uuid4().hex[:8]
+BROKER_SCHEMA = f"rjt_{RUN_ID}_broker"
+RESULT_SCHEMA = f"rjt_{RUN_ID}_results"
+
+# Worker subprocesses and the app under test read these, as a deployment would.
+os.environ["DATABASE_URL"] = DATABASE_URL
+os.environ["ROAST_JOBS_BROKER_SCHEMA"] = BROKER_SCHEMA
+os.environ["ROAST_JOBS_RESULT_SCHEMA"] = RESULT_SCHEMA
+os.environ.setdefault("ROAST_JOBS_POLL_INTERVAL", "1.0")
+
+
+def drop_schema(schema: str) -> None:
+    with psycopg.connect(DATABASE_URL, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_schemas() -> Iterator[None]:
+    yield
+    for schema in (BROKER_SCHEMA, RESULT_SCHEMA):
+        drop_schema(schema)
+
+
+@pytest.fixture
+def db() -> Iterator[psycopg.Connection]:
+    with psycopg.connect(DATABASE_URL, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def schema() -> Iterator[str]:
+    """A broker schema of its own for one test."""
+    from roast_jobs.broker.maintenance import forget_schema
+
+    name = f"rjt_{RUN_ID}_{uuid.uuid4().hex[:6]}"
+    yield name
+    drop_schema(name)
+    forget_schema(name)
+
+
+def broker_url(schema: str, **options: object) -> str:
+    query = "&".join(f"{k}={v}" for k, v in {"schema": schema, **options}.items())
+    return f"{DATABASE_URL}?{query}"
+
+
+@pytest.fixture
+def conn(schema: str) -> Iterator[Connection]:
+    import roast_jobs  # noqa: F401
+
+    with Connection(broker_url(schema)) as c:
+        c.connect()
+        yield c

@@ -1,0 +1,101 @@
+"""Real ``celery worker`` processes for tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class CeleryWorker:
+    """A ``celery worker`` subprocess in its own process group (main + pool children)."""
+
+    def __init__(
+        self,
+        name: str,
+        app: str = "tests.apps.worker_app",
+        concurrency: int = 2,
+        pool: str = "prefork",
+        args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.app = app
+        self.concurrency = concurrency
+        self.pool = pool
+        self.args = list(args)
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        fd, path = tempfile.mkstemp(prefix=f"celery-{name}-", suffix=".log")
+        os.close(fd)
+        self.log_path = Path(path)
+
+    @property
+    def hostname(self) -> str:
+        return f"{self.name}@test"
+
+    def start(self, wait: bool = True, timeout: float = 60) -> CeleryWorker:
+        cmd = [
+            sys.executable, "-m", "celery", "-A", self.app, "worker",
+            "-n", self.hostname, "-P", self.pool, "-c", str(self.concurrency),
+            "-l", "INFO", "--without-gossip", "--without-mingle", *self.args,
+        ]
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        marker = f"{self.hostname} ready."
+        while time.monotonic() < deadline:
+            if marker in self.log():
+                return
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"worker {self.name} exited early:\n{self.log()[-4000:]}")
+            time.sleep(0.1)
+        raise TimeoutError(f"worker {self.name} not ready in {timeout}s:\n{self.log()[-4000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL the main process and its pool children at once."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=10)
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        try:  # stray pool children
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def __enter__(self) -> CeleryWorker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
