@@ -228,7 +228,11 @@ class Channel(virtual.Channel):
         return os.getpid() != self.pid
 
     def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
-        got = self.claim([queue], 1, noack=no_ack)
+        while True:
+            got, claimed = self.claim([queue], 1, noack=no_ack)
+            if got or not claimed:  # a delivery, or an empty queue
+                break
+            # The row claimed was garbage (now a dead letter): try the next one.
         if not got:
             return None
         _, raw = got[0]
@@ -245,10 +249,14 @@ class Channel(virtual.Channel):
 
     def claim(
         self, queues: Sequence[str], limit: int, noack: bool | None = None
-    ) -> list[tuple[str, dict[str, Any]]]:
-        """Claim up to ``limit`` messages from ``queues``: (queue, kombu message) pairs."""
+    ) -> tuple[list[tuple[str, dict[str, Any]]], int]:
+        """Claim up to ``limit`` messages from ``queues``.
+
+        Returns the (queue, kombu message) pairs to deliver and how many rows were
+        claimed, garbage included: fewer than ``limit`` means the queues ran dry.
+        """
         if limit <= 0 or not queues:
-            return []
+            return [], 0
         groups: list[tuple[list[str], bool]]
         if noack is None:
             acked = [q for q in queues if q not in self._noack_queues]
@@ -271,7 +279,7 @@ class Channel(virtual.Channel):
                 bad.append((row_id, queue, count, payload, str(exc)))
         for row_id, queue, count, payload, reason in bad:
             self._bury_bad(row_id, queue, count, payload, reason)
-        return out
+        return out, len(rows)
 
     def _claim_rows(self, queues: list[str], limit: int, noack: bool) -> list[tuple[Any, ...]]:
         pairs = [(q, p) for p in PRIORITIES for q in queues]

@@ -141,8 +141,8 @@ class Transport(virtual.Transport):
             room = channel.capacity()
             if room <= 0:
                 continue
-            got = channel.claim(channel._active_queues, room)
-            channel.maybe_more = len(got) >= room
+            got, claimed = channel.claim(channel._active_queues, room)
+            channel.maybe_more = claimed >= room
             delivered += self._deliver_all(channel, got)
         return delivered
 

@@ -38,7 +38,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def make_celery(settings: Settings | None = None, main: str = "roast_jobs", **overrides: Any) -> Celery:
+def make_celery(
+    settings: Settings | None = None, main: str = "roast_jobs", **overrides: Any
+) -> Celery:
     settings = settings or get_settings()
     app = Celery(main)
     app.conf.update(celery_config(settings), **overrides)
