@@ -14,7 +14,7 @@ def publish(conn: Connection, queue: str, body: object) -> None:
     conn.Producer().publish(body, routing_key=queue, declare=[Queue(queue)])
 
 
-def wait_for(fn, timeout: float = 20.0, every: float = 0.1):  # noqa: ANN001, ANN201
+def wait_for(fn, timeout: float = 20.0, every: float = 0.1):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = fn()

@@ -111,14 +111,15 @@ def test_notify_wakes_a_blocked_consumer(schema: str) -> None:
     # With a 60 s safety poll, only LISTEN/NOTIFY can deliver within the 10 s wait.
     url = broker_url(schema, polling_interval=60)
     got: list[object] = []
-    with Connection(url) as consumer, Connection(url) as producer:
-        with consumer.Consumer(
-            Queue("wake"), callbacks=[lambda body, m: (got.append(body), m.ack())]
-        ):
-            timer = threading.Timer(0.3, lambda: publish(producer, "wake", "ping"))
-            timer.start()
-            consumer.drain_events(timeout=10)
-            timer.join()
+    with (
+        Connection(url) as consumer,
+        Connection(url) as producer,
+        consumer.Consumer(Queue("wake"), callbacks=[lambda body, m: (got.append(body), m.ack())]),
+    ):
+        timer = threading.Timer(0.3, lambda: publish(producer, "wake", "ping"))
+        timer.start()
+        consumer.drain_events(timeout=10)
+        timer.join()
     assert got == ["ping"]
 
 

@@ -43,7 +43,7 @@ def ensure_schemas(url: str, schemas: set[str]) -> None:
 class ResultBackend(DatabaseBackend):
     """DatabaseBackend that creates its schemas before first use."""
 
-    def ResultSession(self, session_manager: Any = None) -> Any:  # noqa: N802 - Celery's name
+    def ResultSession(self, session_manager: Any = None) -> Any:
         schemas = self.app.conf.database_table_schemas or {}
         ensure_schemas(self.url, {s for s in schemas.values() if s})
         return super().ResultSession(session_manager)
