@@ -83,19 +83,24 @@ class Channel(virtual.Channel):
         return self.connection.sql
 
     def _fetch(self, statement: str, **params: Any) -> list[tuple[Any, ...]]:
-        with self.connection.pool.connection() as conn:
+        with self.connection.fast_pool.connection() as conn:
             cur = conn.execute(statement, params)
             return cur.fetchall() if cur.description else []
 
     def _run(self, statement: str, **params: Any) -> int:
-        with self.connection.pool.connection() as conn:
+        with self.connection.fast_pool.connection() as conn:
             return conn.execute(statement, params).rowcount
+
+    def _insert(self, statement: str, **params: Any) -> None:
+        # New messages, queues and bindings must survive a server crash: durable pool.
+        with self.connection.pool.connection() as conn:
+            conn.execute(statement, params)
 
     # -- publishing ------------------------------------------------------------------
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
         env = envelope(message, self.connection.options.native_delay)
-        self._fetch(
+        self._insert(
             self.sql.publish,
             queue=queue,
             priority=env.priority,
@@ -115,7 +120,7 @@ class Channel(virtual.Channel):
             return
         # Route in the database, against the bindings every process shares.
         env = envelope(message, self.connection.options.native_delay)
-        self._fetch(
+        self._insert(
             self.sql.publish_exchange,
             exchange=exchange,
             routing_key=routing_key or "",
@@ -134,7 +139,7 @@ class Channel(virtual.Channel):
         ttl = args.get("x-message-ttl")
         expires = args.get("x-expires")
         auto_delete = bool(kwargs.get("auto_delete"))
-        self._run(
+        self._insert(
             self.sql.declare_queue,
             queue=queue,
             message_ttl=float(ttl) / 1000 if ttl is not None else None,
@@ -171,7 +176,7 @@ class Channel(virtual.Channel):
 
     def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
         kind = self.typeof(exchange).type
-        self._run(
+        self._insert(
             self.sql.bind,
             exchange=exchange,
             queue=queue,

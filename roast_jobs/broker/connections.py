@@ -79,9 +79,12 @@ def mask_url(url: str, mask: str = "**") -> str:
 class Pool:
     """Idle autocommit connections for one conninfo in one process."""
 
-    def __init__(self, conninfo: str, options: BrokerOptions) -> None:
+    def __init__(
+        self, conninfo: str, options: BrokerOptions, synchronous_commit: str | None = None
+    ) -> None:
         self.conninfo = conninfo
         self.options = options
+        self.synchronous_commit = synchronous_commit
         self._idle: list[psycopg.Connection] = []
         self._lock = threading.Lock()
         self._pid = os.getpid()
@@ -92,8 +95,8 @@ class Pool:
             "connect_timeout": max(1, int(self.options.connect_timeout)),
             "application_name": "roast-jobs-broker",
         }
-        if self.options.synchronous_commit:
-            kwargs["options"] = f"-c synchronous_commit={self.options.synchronous_commit}"
+        if self.synchronous_commit:
+            kwargs["options"] = f"-c synchronous_commit={self.synchronous_commit}"
         conn = psycopg.connect(self.conninfo, **kwargs)
         conn.prepare_threshold = self.options.prepare_threshold
         return conn
@@ -143,7 +146,7 @@ class Pool:
             self.discard(conn)
 
 
-_pools: dict[tuple[int, str, BrokerOptions], Pool] = {}
+_pools: dict[tuple[int, str, BrokerOptions, bool], Pool] = {}
 _pools_lock = threading.Lock()
 
 
@@ -156,11 +159,18 @@ def _reset_after_fork() -> None:
 os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-def get_pool(conninfo: str, options: BrokerOptions) -> Pool:
-    """The pool for this process. A forked child gets its own: sockets are never shared."""
-    key = (os.getpid(), conninfo, options)
+def get_pool(conninfo: str, options: BrokerOptions, durable: bool = True) -> Pool:
+    """The pool for this process. A forked child gets its own: sockets are never shared.
+
+    Publishes use the durable pool (the server's ``synchronous_commit``, or the
+    option's). Claims, acks and lease updates use one with ``synchronous_commit=off``:
+    if the server crashes before such a commit reaches disk, the message is delivered
+    again (at least once), never lost, and no consumer waits for a WAL flush.
+    """
+    key = (os.getpid(), conninfo, options, durable)
     with _pools_lock:
         pool = _pools.get(key)
         if pool is None:
-            pool = _pools[key] = Pool(conninfo, options)
+            sync = options.synchronous_commit if durable else "off"
+            pool = _pools[key] = Pool(conninfo, options, sync)
         return pool

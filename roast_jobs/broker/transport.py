@@ -55,6 +55,7 @@ class Transport(virtual.Transport):
             {**url_options, **(client.transport_options or {})}
         )
         self.pool = get_pool(conninfo, self.options)
+        self.fast_pool = get_pool(conninfo, self.options, durable=False)
         self.sql = statements(self.options.schema)
         self.notify_channel = self.options.schema
         self._pid = os.getpid()
