@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,8 @@ class QoS(virtual.QoS):
         self._quick_ack(delivery_tag)
 
     def restore_unacked(self) -> list[Any]:
+        if os.getpid() == self.channel.pid:
+            self.channel.flush_acks()
         self._flush()
         tags = list(self._delivered)
         self._delivered.clear()
@@ -75,6 +78,9 @@ class Channel(virtual.Channel):
         self._expiring: set[str] = set()
         #: Set when a notification, a full batch or a timer says messages may be waiting.
         self.maybe_more = True
+        #: Acks made inside the worker's event loop, sent with the next claim (same tick).
+        self._pending_acks: list[Any] = []
+        self._acks_lock = threading.Lock()
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -252,6 +258,20 @@ class Channel(virtual.Channel):
         estimate = self.qos.can_consume_max_estimate()
         return UNLIMITED_BATCH if estimate is None else estimate
 
+    def batch_threshold(self) -> int:
+        """Claim once this much room is free (half the prefetch), or when holding nothing.
+
+        One round trip then fetches several messages and carries the acks of the tasks
+        that made room, instead of a claim and an ack per task.
+        """
+        prefetch = self.qos.prefetch_count
+        if not prefetch or not self.qos.held():
+            return 1
+        return max(1, prefetch // 2)
+
+    def has_pending_acks(self) -> bool:
+        return bool(self._pending_acks)
+
     def claim(
         self, queues: Sequence[str], limit: int, noack: bool | None = None
     ) -> tuple[list[tuple[str, dict[str, Any]]], int]:
@@ -301,6 +321,7 @@ class Channel(virtual.Channel):
             owner=self.owner,
             lease=opts.lease_seconds,
             max_deliveries=opts.max_deliveries,
+            acks=self.take_acks(),
             **params,
         )
 
@@ -338,10 +359,28 @@ class Channel(virtual.Channel):
     # -- acks ------------------------------------------------------------------------
 
     def basic_ack(self, delivery_tag: Any, multiple: bool = False) -> None:
-        self._with_retry(self.sql.ack, ids=[delivery_tag], owner=self.owner)
+        if self.connection.defer_acks:
+            # In the worker's event loop: the transport flushes these on the next loop
+            # tick, in the same statement as the next claim. A crash before that only
+            # means the message is delivered again.
+            with self._acks_lock:
+                self._pending_acks.append(delivery_tag)
+        else:
+            self._with_retry(self.sql.ack, ids=[delivery_tag], owner=self.owner)
         self.qos.ack(delivery_tag)
 
+    def take_acks(self) -> list[Any]:
+        with self._acks_lock:
+            acks, self._pending_acks = self._pending_acks, []
+        return acks
+
+    def flush_acks(self) -> None:
+        acks = self.take_acks()
+        if acks:
+            self._with_retry(self.sql.ack, ids=acks, owner=self.owner)
+
     def basic_reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        self.flush_acks()
         if requeue:
             self._with_retry(
                 self.sql.requeue,

@@ -42,7 +42,10 @@ def split_url(url: str) -> tuple[str, dict[str, str]]:
     query = parse_qsl(parts.query, keep_blank_values=True)
     options = {k: v for k, v in query if k in ours}
     rest = [(k, v) for k, v in query if k not in ours]
-    libpq = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(rest), ""))
+    # Built by hand: urlunsplit drops the '//' of an empty host (postgresql:///db?host=/run).
+    libpq = f"postgresql://{parts.netloc}{parts.path}"
+    if rest:
+        libpq += "?" + urlencode(rest)
     return libpq, options
 
 

@@ -208,7 +208,10 @@ def statements(schema: str) -> Statements:
         ),
         claim=q(
             f"""
-            WITH picked AS ({_READY}),
+            WITH acked AS (
+                DELETE FROM {{s}}.message WHERE id = ANY(%(acks)s) AND lease_owner = %(owner)s
+            ),
+            picked AS ({_READY}),
             poison AS (
                 DELETE FROM {{s}}.message m USING picked p
                 WHERE m.id = p.id AND p.delivery_count >= %(max_deliveries)s

@@ -21,6 +21,9 @@ from .sql import statements
 
 logger = logging.getLogger(__name__)
 
+#: Longest an ack made in the event loop waits to ride along with a claim.
+ACK_DELAY = 0.05
+
 
 class Transport(virtual.Transport):
     """Celery/kombu transport for PostgreSQL (psycopg 3). See the package docstring."""
@@ -68,6 +71,7 @@ class Transport(virtual.Transport):
         self._last_poll = time.monotonic()
         self._last_sweep = 0.0
         self._leases: LeaseKeeper | None = None
+        self._flush_entry: Any = None
 
     # -- connection ------------------------------------------------------------------
 
@@ -86,6 +90,8 @@ class Transport(virtual.Transport):
             self._leases.stop()
             self._leases = None
         self._unregister()
+        for channel in list(self.channels):
+            channel.flush_acks()
         super().close_connection(connection)
         if self._listener is not None:
             self._listener.close()
@@ -133,14 +139,34 @@ class Transport(virtual.Transport):
             else:
                 self._mark(w.queue)
 
+    def _defer_flush(self) -> bool:
+        """Arrange a flush of pending acks soon; False if there is no loop to do it."""
+        if self._hub is None:
+            return False
+        if self._flush_entry is None:
+            self._flush_entry = self._hub.call_later(ACK_DELAY, self._flush_acks_now)
+        return True
+
+    def _flush_acks_now(self) -> None:
+        self._flush_entry = None
+        for channel in self.consuming():
+            channel.flush_acks()
+
+    @property
+    def defer_acks(self) -> bool:
+        # Only inside the worker's event loop, which flushes them on every tick.
+        return self._hub is not None
+
     def _service(self) -> int:
         """Claim and deliver for every channel that may have work and has room."""
         delivered = 0
         for channel in self.consuming():
-            if not channel.maybe_more:
-                continue
-            room = channel.capacity()
-            if room <= 0:
+            room = channel.capacity() if channel.maybe_more else 0
+            if room < channel.batch_threshold():
+                # Under a backlog, wait for room for a batch; the acks made meanwhile go
+                # with that claim, or with a flush at most ACK_DELAY later.
+                if channel.has_pending_acks() and (room <= 0 or not self._defer_flush()):
+                    channel.flush_acks()
                 continue
             got, claimed = channel.claim(channel._active_queues, room)
             channel.maybe_more = claimed >= room
@@ -231,9 +257,10 @@ class Transport(virtual.Transport):
         for entry in self._timers:
             entry.cancel()
         self._timers = []
-        if self._wake_entry is not None:
-            self._wake_entry.cancel()
-            self._wake_entry = None
+        for entry in (self._wake_entry, self._flush_entry):
+            if entry is not None:
+                entry.cancel()
+        self._wake_entry = self._flush_entry = None
         self._next_wake = None
         if hub is None:
             return
