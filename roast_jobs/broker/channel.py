@@ -205,11 +205,7 @@ class Channel(virtual.Channel):
         )
 
     def get_table(self, exchange: str) -> list[tuple[str, str, str]]:
-        rows = self._fetch(
-            "SELECT routing_key, coalesce(regex, ''), queue FROM "
-            f'"{self.sql.schema}".binding WHERE exchange = %(exchange)s',
-            exchange=exchange,
-        )
+        rows = self._fetch(self.sql.bindings_of, exchange=exchange)
         return [(r[0], r[1], r[2]) for r in rows]
 
     # -- consuming -------------------------------------------------------------------

@@ -39,9 +39,9 @@ class Wakeup:
 class Listener:
     """A dedicated autocommit connection LISTENing on the broker's channel."""
 
-    def __init__(self, pool: Pool, channel: str) -> None:
+    def __init__(self, pool: Pool, listen_sql: str) -> None:
         self.pool = pool
-        self.channel = channel
+        self.listen_sql = listen_sql
         self._conn: psycopg.Connection | None = None
         self._pid = os.getpid()
 
@@ -53,7 +53,7 @@ class Listener:
         if self.connected:
             return
         conn = self.pool.connect(autocommit=True)
-        conn.execute(f'LISTEN "{self.channel}"')
+        conn.execute(self.listen_sql)
         self._conn = conn
 
     def fileno(self) -> int:

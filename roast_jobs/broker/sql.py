@@ -146,6 +146,8 @@ class Statements:
     touch_queues: str
     bind: str
     unbind: str
+    bindings_of: str
+    listen: str
     delete_queue: str
     sweep_messages: str
     sweep_queues: str
@@ -352,6 +354,14 @@ def statements(schema: str) -> Statements:
             """
             DELETE FROM {s}.binding
             WHERE exchange = %(exchange)s AND queue = %(queue)s AND routing_key = %(routing_key)s
+            """
+        ),
+        # The NOTIFY channel is named after the schema: one per broker, whatever the queue.
+        listen=f"LISTEN {s}",
+        bindings_of=q(
+            """
+            SELECT routing_key, coalesce(regex, ''), queue FROM {s}.binding
+            WHERE exchange = %(exchange)s
             """
         ),
         delete_queue=q(

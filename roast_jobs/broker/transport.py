@@ -122,7 +122,7 @@ class Transport(virtual.Transport):
 
     def _listen(self) -> Listener:
         if self._listener is None:
-            self._listener = Listener(self.pool, self.notify_channel)
+            self._listener = Listener(self.pool, self.sql.listen)
         self._listener.connect()
         return self._listener
 
