@@ -148,6 +148,7 @@ class Statements:
     unbind: str
     bindings_of: str
     listen: str
+    ping: str
     delete_queue: str
     sweep_messages: str
     sweep_queues: str
@@ -358,6 +359,7 @@ def statements(schema: str) -> Statements:
         ),
         # The NOTIFY channel is named after the schema: one per broker, whatever the queue.
         listen=f"LISTEN {s}",
+        ping="SELECT 1",
         bindings_of=q(
             """
             SELECT routing_key, coalesce(regex, ''), queue FROM {s}.binding

@@ -77,6 +77,10 @@ class Transport(virtual.Transport):
 
     def establish_connection(self) -> Transport:
         ensure_schema(self.pool, self.sql)
+        # kombu expects connecting to fail while the server is down: check, even when the
+        # schema is known and idle connections are pooled.
+        with self.fast_pool.connection() as conn:
+            conn.execute(self.sql.ping)
         return super().establish_connection()
 
     def close_connection(self, connection: Any) -> None:
