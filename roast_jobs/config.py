@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
+from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -36,3 +38,16 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def override_settings(**values: Any) -> Settings:
+    """Change the process-wide settings in place (the demo points them at its own database)."""
+    settings = get_settings()
+    for name, value in values.items():
+        setattr(settings, name, value)
+    return settings
+
+
+def child_env(**overrides: str) -> dict[str, str]:
+    """The environment for a subprocess (a worker): this process's, plus ``overrides``."""
+    return {**os.environ, **overrides}

@@ -33,11 +33,11 @@ def test_schemes_resolve_to_this_transport(scheme: str) -> None:
 
 
 def test_celery_app_and_explicit_transport(schema: str) -> None:
-    app = Celery("t", broker=broker_url(schema))
+    app = Celery("t", broker=broker_url(schema), set_as_current=False)
     with app.connection_for_write() as conn:
         conn.connect()
         assert isinstance(conn.transport, Transport)
-    explicit = Celery("t2", broker=broker_url(schema))
+    explicit = Celery("t2", broker=broker_url(schema), set_as_current=False)
     explicit.conf.broker_transport = "roast_jobs.broker.transport:Transport"
     with explicit.connection_for_write() as conn:
         conn.connect()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -43,13 +44,31 @@ class CeleryWorker:
 
     def start(self, wait: bool = True, timeout: float = 60) -> CeleryWorker:
         cmd = [
-            sys.executable, "-m", "celery", "-A", self.app, "worker",
-            "-n", self.hostname, "-P", self.pool, "-c", str(self.concurrency),
-            "-l", "INFO", "--without-gossip", "--without-mingle", *self.args,
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            self.app,
+            "worker",
+            "-n",
+            self.hostname,
+            "-P",
+            self.pool,
+            "-c",
+            str(self.concurrency),
+            "-l",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+            *self.args,
         ]
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            cmd, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            cmd,
+            cwd=REPO,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         log.close()
@@ -75,10 +94,8 @@ class CeleryWorker:
         """SIGKILL the main process and its pool children at once."""
         if self.proc is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.proc.wait(timeout=10)
 
     def stop(self, timeout: float = 20) -> None:
@@ -89,10 +106,8 @@ class CeleryWorker:
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-        try:  # stray pool children
+        with contextlib.suppress(ProcessLookupError):  # stray pool children
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
     def __enter__(self) -> CeleryWorker:
         return self.start()

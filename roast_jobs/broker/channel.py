@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -67,15 +68,21 @@ class QoS(virtual.QoS):
 class Channel(virtual.Channel):
     QoS = QoS
     supports_fanout = True
-    connection: Transport
+    connection: Transport | None
+    transport: Transport
 
     def __init__(self, connection: Transport, **kwargs: Any) -> None:
         super().__init__(connection, **kwargs)
+        # kombu sets ``self.connection`` to None when the channel closes, but a task that
+        # finishes later still acks through it: keep our own reference for the database.
+        self.transport = connection
         self.pid = os.getpid()
         self.owner = f"{socket.gethostname()}/{self.pid}/{uuid.uuid4().hex[:8]}"
         self._noack_queues: set[str] = set()
         self._auto_delete: set[str] = set()
-        self._expiring: set[str] = set()
+        #: Queues with x-expires: name -> seconds; touched well before they could expire.
+        self._expiring: dict[str, float] = {}
+        self._last_touch = 0.0
         #: Set when a notification, a full batch or a timer says messages may be waiting.
         self.maybe_more = True
         #: Acks made inside the worker's event loop, sent with the next claim (same tick).
@@ -86,26 +93,26 @@ class Channel(virtual.Channel):
 
     @property
     def sql(self):
-        return self.connection.sql
+        return self.transport.sql
 
     def _fetch(self, statement: str, **params: Any) -> list[tuple[Any, ...]]:
-        with self.connection.fast_pool.connection() as conn:
+        with self.transport.fast_pool.connection() as conn:
             cur = conn.execute(statement, params)
             return cur.fetchall() if cur.description else []
 
     def _run(self, statement: str, **params: Any) -> int:
-        with self.connection.fast_pool.connection() as conn:
+        with self.transport.fast_pool.connection() as conn:
             return conn.execute(statement, params).rowcount
 
     def _insert(self, statement: str, **params: Any) -> None:
         # New messages, queues and bindings must survive a server crash: durable pool.
-        with self.connection.pool.connection() as conn:
+        with self.transport.pool.connection() as conn:
             conn.execute(statement, params)
 
     # -- publishing ------------------------------------------------------------------
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
-        env = envelope(message, self.connection.options.native_delay)
+        env = envelope(message, self.transport.options.native_delay)
         self._insert(
             self.sql.publish,
             queue=queue,
@@ -114,7 +121,7 @@ class Channel(virtual.Channel):
             expires=env.expires,
             task_id=env.task_id,
             payload=env.payload,
-            channel=self.connection.notify_channel,
+            channel=self.transport.notify_channel,
         )
 
     def basic_publish(
@@ -125,7 +132,7 @@ class Channel(virtual.Channel):
             self._put(routing_key, message)
             return
         # Route in the database, against the bindings every process shares.
-        env = envelope(message, self.connection.options.native_delay)
+        env = envelope(message, self.transport.options.native_delay)
         self._insert(
             self.sql.publish_exchange,
             exchange=exchange,
@@ -135,7 +142,7 @@ class Channel(virtual.Channel):
             expires=env.expires,
             task_id=env.task_id,
             payload=env.payload,
-            channel=self.connection.notify_channel,
+            channel=self.transport.notify_channel,
         )
 
     # -- queues, exchanges, bindings -------------------------------------------------
@@ -155,7 +162,7 @@ class Channel(virtual.Channel):
         if auto_delete:
             self._auto_delete.add(queue)
         if expires is not None:
-            self._expiring.add(queue)
+            self._expiring[queue] = float(expires) / 1000
 
     def prepare_queue_arguments(self, arguments: dict[str, Any] | None, **kwargs: Any):
         # Turn kombu's expires/message_ttl into x-expires/x-message-ttl, as for RabbitMQ.
@@ -178,7 +185,7 @@ class Channel(virtual.Channel):
         self._run(self.sql.delete_queue, queue=queue)
         self.state.queue_bindings_delete(queue)
         self._auto_delete.discard(queue)
-        self._expiring.discard(queue)
+        self._expiring.pop(queue, None)
 
     def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
         kind = self.typeof(exchange).type
@@ -217,7 +224,7 @@ class Channel(virtual.Channel):
             self._noack_queues.add(queue)
         super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
         self.maybe_more = True
-        self.connection.on_consume(self)
+        self.transport.on_consume(self)
 
     def basic_cancel(self, consumer_tag: str) -> None:
         queue = self._tag_to_queue.get(consumer_tag)
@@ -311,7 +318,7 @@ class Channel(virtual.Channel):
         }
         if noack:
             return self._fetch(self.sql.claim_noack, **params)
-        opts = self.connection.options
+        opts = self.transport.options
         return self._fetch(
             self.sql.claim,
             owner=self.owner,
@@ -346,16 +353,26 @@ class Channel(virtual.Channel):
         )
         return rows[0][0] if rows and rows[0][0] is not None else None
 
+    def touch_every(self) -> float | None:
+        """How often our consumed expiring queues need touching; None when there are none."""
+        periods = [self._expiring[q] for q in self._active_queues if q in self._expiring]
+        return max(0.05, min(periods) / 3) if periods else None
+
     def touch_queues(self) -> None:
-        """Keep queues with x-expires that we consume alive."""
+        """Keep the queues with x-expires that we consume alive (RabbitMQ: a queue with a
+        consumer never expires), touching each at least three times per expiry period."""
         alive = [q for q in self._active_queues if q in self._expiring]
-        if alive:
-            self._run(self.sql.touch_queues, queues=alive)
+        every = self.touch_every()
+        now = time.monotonic()
+        if not alive or every is None or now - self._last_touch < every:
+            return
+        self._last_touch = now
+        self._run(self.sql.touch_queues, queues=alive)
 
     # -- acks ------------------------------------------------------------------------
 
     def basic_ack(self, delivery_tag: Any, multiple: bool = False) -> None:
-        if self.connection.defer_acks:
+        if self.connection is not None and self.transport.defer_acks:
             # In the worker's event loop: the transport flushes these on the next loop
             # tick, in the same statement as the next claim. A crash before that only
             # means the message is delivered again.
@@ -382,7 +399,7 @@ class Channel(virtual.Channel):
                 self.sql.requeue,
                 ids=[delivery_tag],
                 owner=self.owner,
-                channel=self.connection.notify_channel,
+                channel=self.transport.notify_channel,
             )
         else:
             # No exchange to dead-letter to in kombu: keep it, like RabbitMQ with a DLX.
@@ -391,7 +408,7 @@ class Channel(virtual.Channel):
 
     def release(self, tags: list[Any]) -> None:
         self._fetch(
-            self.sql.release, ids=tags, owner=self.owner, channel=self.connection.notify_channel
+            self.sql.release, ids=tags, owner=self.owner, channel=self.transport.notify_channel
         )
 
     def renew(self, tags: list[Any]) -> set[int]:
@@ -399,7 +416,7 @@ class Channel(virtual.Channel):
             self.sql.renew,
             ids=tags,
             owner=self.owner,
-            lease=self.connection.options.lease_seconds,
+            lease=self.transport.options.lease_seconds,
         )
         return {r[0] for r in rows}
 

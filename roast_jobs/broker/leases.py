@@ -1,7 +1,9 @@
-"""Lease renewal: a live process never loses the messages it holds to a timeout.
+"""Keep-alive: a live process never loses its messages or its queues to a timeout.
 
-A thread, not an event-loop timer, so that a task running in the worker's main thread
-(solo pool) or a blocked loop cannot let leases run out.
+It renews the leases of held messages and touches the expiring queues (``x-expires``,
+such as Celery's pidbox queues) it consumes. A thread, not an event-loop timer, so that
+a task running in the worker's main thread (solo pool) or a blocked loop cannot let a
+lease run out or a queue be swept as abandoned.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -16,6 +19,9 @@ if TYPE_CHECKING:
     from .channel import Channel
 
 logger = logging.getLogger(__name__)
+
+#: The longest the thread sleeps; it wakes sooner for queues with a short x-expires.
+TICK = 1.0
 
 
 class LeaseKeeper(threading.Thread):
@@ -27,10 +33,27 @@ class LeaseKeeper(threading.Thread):
         self._pid = os.getpid()
 
     def run(self) -> None:
-        while not self._stop_event.wait(self._every):
+        last_renewal = time.monotonic()
+        while not self._stop_event.wait(self._tick()):
             if os.getpid() != self._pid:
                 return
-            self.renew_all()
+            self.touch_all()
+            if time.monotonic() - last_renewal >= self._every:
+                last_renewal = time.monotonic()
+                self.renew_all()
+
+    def _tick(self) -> float:
+        touch = [t for c in list(self._channels()) if (t := c.touch_every()) is not None]
+        return min([self._every, TICK, *touch])
+
+    def touch_all(self) -> None:
+        for channel in list(self._channels()):
+            if channel.closed:
+                continue
+            try:
+                channel.touch_queues()
+            except Exception as exc:
+                logger.warning("could not keep queues alive: %r", exc)
 
     def renew_all(self) -> None:
         for channel in list(self._channels()):

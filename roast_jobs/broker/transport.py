@@ -226,11 +226,9 @@ class Transport(virtual.Transport):
         self._service()
 
     def _housekeeping(self) -> None:
-        """Safety net: lost notifications, expired leases, queue keep-alive, sweeping."""
+        """Safety net: lost notifications, expired leases, sweeping."""
         self._last_poll = time.monotonic()
         self._mark()
-        for channel in self.consuming():
-            channel.touch_queues()
         now = time.monotonic()
         if now - self._last_sweep >= self.options.maintenance_interval:
             self._last_sweep = now

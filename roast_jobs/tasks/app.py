@@ -29,6 +29,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "database_table_schemas": {"task": settings.result_schema, "group": settings.result_schema},
         "database_engine_options": {"pool_pre_ping": True},
         "result_extended": True,
+        # The results live in the same PostgreSQL as the queue: ride out a restart or a
+        # failover (about a minute of backoff) instead of failing a task because its
+        # STARTED state could not be written - Celery acks such a task and it never runs.
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": 20,
+        "result_backend_base_sleep_between_retries_ms": 100,
+        "result_backend_max_sleep_between_retries_ms": 5000,
         # Crash safety: a task is acked when it finishes; a lost child puts it back (and the
         # broker buries it after max_deliveries tries).
         "task_acks_late": True,

@@ -11,6 +11,7 @@ import os
 import time
 
 import psycopg
+from celery.exceptions import SoftTimeLimitExceeded
 
 from roast_jobs.config import get_settings
 from roast_jobs.tasks.app import make_celery
@@ -73,3 +74,58 @@ def flaky(self, label: str) -> str:
 def suicide(self) -> None:
     record("suicide", self.request.id)
     os.kill(os.getpid(), 9)
+
+
+def ensure_runs_table() -> None:
+    """Create the runs table before workers start (concurrent CREATEs can collide)."""
+    with psycopg.connect(settings.require_database_url().split("?")[0], autocommit=True) as c:
+        with c.transaction():
+            # The lock the result backend takes to create its schema.
+            c.execute("SELECT pg_advisory_xact_lock(hashtext('roast_jobs_results'))")
+            c.execute(f'CREATE SCHEMA IF NOT EXISTS "{settings.result_schema}"')
+            c.execute(
+                f"CREATE TABLE IF NOT EXISTS {RUNS} (task_id text, name text, value text, "
+                "pid int, at timestamptz DEFAULT clock_timestamp())"
+            )
+
+
+@app.task(bind=True, max_retries=3)
+def retry_countdown(self, label: str, times: int = 1, countdown: float = 1.0) -> str:
+    """Record the run; retry with ``countdown`` until it has retried ``times`` times."""
+    record("retry_countdown", self.request.id, f"{label}:{self.request.retries}")
+    if self.request.retries < times:
+        raise self.retry(countdown=countdown)
+    return f"{label}:done after {self.request.retries} retries"
+
+
+@app.task(bind=True)
+def soft_limited(self, seconds: float, label: str = "") -> str:
+    """Sleep; report a soft time limit by recording it and returning 'soft limit'."""
+    record("soft-start", self.request.id, label)
+    try:
+        time.sleep(seconds)
+    except SoftTimeLimitExceeded:
+        record("soft-limit", self.request.id, label)
+        return "soft limit"
+    record("soft-end", self.request.id, label)
+    return "slept"
+
+
+def released(label: str) -> bool:
+    with psycopg.connect(settings.require_database_url().split("?")[0], autocommit=True) as c:
+        row = c.execute(
+            f"SELECT 1 FROM {RUNS} WHERE name = 'release' AND value = %s", (label,)
+        ).fetchone()
+    return row is not None
+
+
+@app.task(bind=True)
+def hold(self, label: str, timeout: float = 120.0) -> str:
+    """Run until the test records ('release', label) in the runs table (or the timeout)."""
+    record("hold-start", self.request.id, label)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if released(label):
+            return "released"
+        time.sleep(0.2)
+    return "timeout"
