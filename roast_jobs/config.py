@@ -23,6 +23,23 @@ class Settings(BaseSettings):
     max_deliveries: int = 5
     poll_interval: float = 2.0
     native_delay: bool = True
+
+    # Retry policy of roast-jobs tasks (the plan's pg-boss queue options): retries after a
+    # failure, the first delay, doubling with jitter up to retry_delay_max, and the time
+    # limit of one run (pg-boss's expireInSeconds). Per task and per send overridable.
+    retry_limit: int = Field(default=3, ge=0)
+    retry_delay: float = Field(default=30.0, ge=0)
+    retry_backoff: bool = True
+    retry_delay_max: float = Field(default=3600.0, ge=0)
+    time_limit: float = Field(default=3600.0, gt=0)
+
+    # Retention, run by the workers' maintenance pass (pg-boss's archiveCompletedAfterSeconds
+    # and deleteAfterDays): successful results go after the first, failed and cancelled
+    # results and dead letters after the second.
+    archive_completed_after_seconds: float = Field(default=12 * 3600.0, gt=0)
+    delete_after_days: float = Field(default=7.0, gt=0)
+    maintenance_interval: float = Field(default=60.0, gt=0)
+
     # Where `roast-jobs demo` keeps its embedded PostgreSQL when DATABASE_URL is unset.
     data_dir: str = ".roast-jobs"
 

@@ -11,7 +11,9 @@ from kombu import Connection
 
 import roast_jobs  # noqa: F401 - registers postgresql://
 from roast_jobs.broker.connections import mask_url, split_url
+from roast_jobs.broker.maintenance import forget_schema
 from roast_jobs.broker.options import BrokerOptions
+from roast_jobs.broker.sql import SCHEMA_VERSION
 from roast_jobs.broker.transport import Transport
 from tests.conftest import DATABASE_URL, broker_url
 
@@ -100,4 +102,27 @@ def test_many_processes_create_the_schema_at_once(schema: str, db) -> None:
     version = db.execute(
         f"SELECT value FROM \"{schema}\".meta WHERE key = 'schema_version'"
     ).fetchone()
-    assert version == ("1",)
+    assert version == (str(SCHEMA_VERSION),)
+
+
+def test_a_version_1_schema_is_upgraded_in_place(schema: str, db) -> None:
+    _connect(broker_url(schema))
+    with Connection(broker_url(schema)) as conn:
+        conn.SimpleQueue("old").put({"kept": True})
+    # Back to what version 1 created: no singleton keys.
+    db.execute(f'DROP INDEX "{schema}".message_singleton_idx')
+    db.execute(f'ALTER TABLE "{schema}".message DROP COLUMN singleton_key')
+    db.execute(f'ALTER TABLE "{schema}".dead_letter DROP COLUMN singleton_key')
+    db.execute(f"UPDATE \"{schema}\".meta SET value = '1' WHERE key = 'schema_version'")
+    forget_schema(schema)
+    with Connection(broker_url(schema)) as conn:
+        q = conn.SimpleQueue("old")
+        assert q.get(timeout=5).payload == {"kept": True}
+    version = db.execute(f"SELECT value FROM \"{schema}\".meta WHERE key = 'schema_version'")
+    assert version.fetchone() == (str(SCHEMA_VERSION),)
+    cols = db.execute(
+        "SELECT table_name FROM information_schema.columns "
+        "WHERE table_schema = %s AND column_name = 'singleton_key' ORDER BY 1",
+        (schema,),
+    ).fetchall()
+    assert cols == [("dead_letter",), ("message",)]

@@ -8,15 +8,17 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from kombu.transport import virtual
 from kombu.transport.base import to_rabbitmq_queue_arguments
 
+from .capture import Published, Row, Sink, current_target
 from .connections import CONNECTION_ERRORS
 from .payload import BadPayload, decode, envelope
 from .sql import PRIORITIES
+from .writer import MessageWriter
 
 if TYPE_CHECKING:
     from .transport import Transport
@@ -112,38 +114,50 @@ class Channel(virtual.Channel):
     # -- publishing ------------------------------------------------------------------
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
-        env = envelope(message, self.transport.options.native_delay)
-        self._insert(
-            self.sql.publish,
-            queue=queue,
-            priority=env.priority,
-            eta=env.eta,
-            expires=env.expires,
-            task_id=env.task_id,
-            payload=env.payload,
-            channel=self.transport.notify_channel,
-        )
+        self._publish("", queue, message)
 
     def basic_publish(
         self, message: dict[str, Any], exchange: str, routing_key: str, **kwargs: Any
     ) -> None:
         self._inplace_augment_message(message, exchange, routing_key)
-        if not exchange:
-            self._put(routing_key, message)
-            return
-        # Route in the database, against the bindings every process shares.
+        self._publish(exchange or "", routing_key or "", message)
+
+    def _publish(self, exchange: str, routing_key: str, message: dict[str, Any]) -> None:
         env = envelope(message, self.transport.options.native_delay)
-        self._insert(
-            self.sql.publish_exchange,
-            exchange=exchange,
-            routing_key=routing_key or "",
-            priority=env.priority,
-            eta=env.eta,
-            expires=env.expires,
-            task_id=env.task_id,
-            payload=env.payload,
-            channel=self.transport.notify_channel,
-        )
+        target = current_target()
+        if target is not None:
+            target.add(Row(exchange, routing_key, env, message), self.write_rows)
+        elif env.singleton_key is not None or env.retried:
+            self.write_rows([Row(exchange, routing_key, env)], None)
+        elif not exchange:
+            self._insert(
+                self.sql.publish,
+                queue=routing_key,
+                priority=env.priority,
+                eta=env.eta,
+                expires=env.expires,
+                task_id=env.task_id,
+                payload=env.payload,
+                channel=self.transport.notify_channel,
+            )
+        else:
+            # Route in the database, against the bindings every process shares.
+            self._insert(
+                self.sql.publish_exchange,
+                exchange=exchange,
+                routing_key=routing_key,
+                priority=env.priority,
+                eta=env.eta,
+                expires=env.expires,
+                task_id=env.task_id,
+                payload=env.payload,
+                channel=self.transport.notify_channel,
+            )
+
+    def write_rows(self, rows: Iterable[Row], sink: Sink | None) -> list[Published]:
+        """Write ``rows`` in the caller's transaction (``sink``) or on the durable pool;
+        what became of each, in order."""
+        return MessageWriter(self.transport).write(rows, sink)
 
     # -- queues, exchanges, bindings -------------------------------------------------
 
@@ -300,9 +314,9 @@ class Channel(virtual.Channel):
             rows.extend(self._claim_rows(group, want, flag))
         out: list[tuple[str, dict[str, Any]]] = []
         bad: list[tuple[int, str, int, str, str]] = []
-        for _ord, row_id, queue, count, payload in sorted(rows, key=lambda r: r[0]):
+        for _ord, row_id, queue, count, payload, created in sorted(rows, key=lambda r: r[0]):
             try:
-                out.append((queue, decode(payload, row_id, count)))
+                out.append((queue, decode(payload, row_id, count, created)))
             except BadPayload as exc:
                 bad.append((row_id, queue, count, payload, str(exc)))
         for row_id, queue, count, payload, reason in bad:

@@ -25,7 +25,8 @@ def ensure_schema(pool: Pool, sql: Statements) -> None:
         if key in _ready:
             return
         version = _current_version(conn, sql)
-        if version is None:
+        if version is None or version < SCHEMA_VERSION:
+            # The DDL is idempotent: it creates what is missing and upgrades older versions.
             with conn.transaction():
                 conn.execute(sql.lock_schema, {"schema": sql.schema})
                 conn.execute(sql.ddl)

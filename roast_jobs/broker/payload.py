@@ -14,7 +14,7 @@ class BadPayload(ValueError):
     """A stored row that is not a kombu message."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: built once per message on the bulk path
 class Envelope:
     """The columns stored beside a message."""
 
@@ -23,6 +23,10 @@ class Envelope:
     expires: datetime | None
     task_id: str | None
     payload: str
+    #: At most one live message per (queue, key); see ``singleton_key()``.
+    singleton_key: str | None = None
+    #: A Celery retry (``retries`` > 0): it inherits the key of the job it retries.
+    retried: bool = False
 
 
 def clamp_priority(value: Any) -> int:
@@ -46,6 +50,24 @@ def _parse_time(value: Any) -> datetime | None:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
+#: ``task.apply_async(..., singleton_key="k")`` puts the key in the message properties;
+#: ``headers={"singleton_key": "k"}`` works too.
+SINGLETON_KEY = "singleton_key"
+MAX_SINGLETON_KEY = 512
+
+
+def singleton_key(props: dict[str, Any], headers: dict[str, Any]) -> str | None:
+    key = props.get(SINGLETON_KEY) or headers.get(SINGLETON_KEY)
+    if key is None or key == "":
+        return None
+    if not isinstance(key, str | int):
+        raise ValueError(f"singleton_key must be a string, not {type(key).__name__}")
+    key = str(key)
+    if len(key) > MAX_SINGLETON_KEY:
+        raise ValueError(f"singleton_key is longer than {MAX_SINGLETON_KEY} characters")
+    return key
+
+
 def envelope(message: dict[str, Any], native_delay: bool) -> Envelope:
     props = message.get("properties") or {}
     headers = message.get("headers") or {}
@@ -60,16 +82,29 @@ def envelope(message: dict[str, Any], native_delay: bool) -> Envelope:
         if ttl is not None:
             expires = min(expires, ttl) if expires else ttl
     task_id = headers.get("id") if "task" in headers else None
+    try:
+        retried = int(headers.get("retries") or 0) > 0
+    except (TypeError, ValueError):
+        retried = False
     return Envelope(
         priority=clamp_priority(props.get("priority")),
         eta=eta,
         expires=expires,
         task_id=str(task_id) if task_id is not None else None,
         payload=json.dumps(message, separators=(",", ":")),
+        singleton_key=singleton_key(props, headers),
+        retried=retried and task_id is not None,
     )
 
 
-def decode(payload: str, row_id: int, delivery_count: int) -> dict[str, Any]:
+#: Header added on delivery: when the message was first written (epoch seconds). Celery
+#: turns headers into request attributes: ``self.request.get("roast_sent_at")``.
+SENT_AT = "roast_sent_at"
+
+
+def decode(
+    payload: str, row_id: int, delivery_count: int, created_at: float | None = None
+) -> dict[str, Any]:
     """The kombu message of a row, tagged for this delivery; BadPayload if it is not one."""
     try:
         message = json.loads(payload)
@@ -84,5 +119,8 @@ def decode(payload: str, row_id: int, delivery_count: int) -> dict[str, Any]:
     # The row id is the delivery tag: acks go straight to the row, from any process.
     props["delivery_tag"] = row_id
     info["redelivered"] = delivery_count > 1
+    headers = message.get("headers")
+    if created_at is not None and isinstance(headers, dict):
+        headers[SENT_AT] = created_at
     message["redelivered"] = delivery_count > 1
     return message

@@ -8,8 +8,8 @@ from celery import Celery
 
 import roast_jobs.broker  # noqa: F401 - registers postgresql:// for kombu
 from roast_jobs.config import Settings, get_settings
-
-from .results import sqlalchemy_url
+from roast_jobs.jobs.maintenance import MaintenanceStep
+from roast_jobs.jobs.results import sqlalchemy_url
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -24,7 +24,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "native_delay": settings.native_delay,
         },
         "broker_connection_retry_on_startup": True,
-        "result_backend": "roast_jobs.tasks.results:ResultBackend",
+        "result_backend": "roast_jobs.jobs.results:ResultBackend",
         "database_url": sqlalchemy_url(url),
         "database_table_schemas": {"task": settings.result_schema, "group": settings.result_schema},
         "database_engine_options": {"pool_pre_ping": True},
@@ -41,6 +41,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_track_started": True,
+        # One run may take this long (the plan's expireInSeconds); per task or per send
+        # overridable with time_limit.
+        "task_time_limit": settings.time_limit,
         "worker_hijack_root_logger": False,
     }
 
@@ -51,4 +54,6 @@ def make_celery(
     settings = settings or get_settings()
     app = Celery(main)
     app.conf.update(celery_config(settings), **overrides)
+    # Retention and clean-up, one worker at a time.
+    app.steps["worker"].add(MaintenanceStep)
     return app

@@ -1,4 +1,4 @@
-"""Every SQL statement of the broker, built once per schema.
+"""The schema and the transport's statements, built once per schema.
 
 The tables (see ``SCHEMA``):
 
@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from functools import cache
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 PRIORITIES = tuple(range(9, -1, -1))  # served highest first
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -97,12 +97,23 @@ CREATE TABLE IF NOT EXISTS {s}.dead_letter (
 CREATE INDEX IF NOT EXISTS dead_letter_task_id_idx
     ON {s}.dead_letter (task_id) WHERE task_id IS NOT NULL;
 
+-- Version 2: singleton keys. One live message per (queue, key); the key frees up when
+-- the row goes (ack, dead letter, expiry, cancel).
+ALTER TABLE {s}.message ADD COLUMN IF NOT EXISTS singleton_key text;
+CREATE UNIQUE INDEX IF NOT EXISTS message_singleton_idx
+    ON {s}.message (queue, singleton_key) WHERE singleton_key IS NOT NULL;
+ALTER TABLE {s}.dead_letter ADD COLUMN IF NOT EXISTS singleton_key text;
+CREATE INDEX IF NOT EXISTS dead_letter_dead_at_idx ON {s}.dead_letter (dead_at);
+
 INSERT INTO {s}.meta (key, value) VALUES ('schema_version', '{version}')
-    ON CONFLICT (key) DO NOTHING;
+    ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()
+    WHERE {s}.meta.value::int < EXCLUDED.value::int;
 """
 
 # Columns copied from message to dead_letter.
-_DEAD_COLS = "id, queue, priority, created_at, delivery_count, delivered_to, task_id, payload"
+_DEAD_COLS = (
+    "id, queue, priority, created_at, delivery_count, delivered_to, task_id, singleton_key, payload"
+)
 
 # The (queue, priority) pairs to scan, in serving order, come in as two parallel arrays;
 # a nested loop over them walks the claim index once per pair and stops at the LIMIT, so
@@ -130,6 +141,12 @@ class Statements:
     lock_schema: str
     publish: str
     publish_exchange: str
+    publish_many: str
+    singleton_holders: str
+    queues_with_ttl: str
+    copy_messages: str
+    notify_many: str
+    now: str
     claim: str
     claim_noack: str
     next_due: str
@@ -209,6 +226,83 @@ def statements(schema: str) -> Statements:
             FROM ins GROUP BY queue
             """
         ),
+        # Many messages (or one with a singleton key, or a retry) in one statement. Rows
+        # arrive as parallel arrays; exchange '' means "straight to the queue named by the
+        # routing key". A singleton key admits one live message per (queue, key): a second
+        # send is dropped, except a retry of the job holding the key (same task id), which
+        # replaces the held row in place. A retry inherits its job's key.
+        publish_many=q(
+            """
+            WITH input AS (
+                SELECT * FROM unnest(
+                    %(exchanges)s::text[], %(routing_keys)s::text[], %(priorities)s::smallint[],
+                    %(etas)s::timestamptz[], %(expires)s::timestamptz[], %(task_ids)s::text[],
+                    %(singleton_keys)s::text[], %(retried)s::boolean[], %(payloads)s::text[])
+                    WITH ORDINALITY
+                    AS i(exchange, routing_key, priority, eta, expires, task_id, singleton_key,
+                         retried, payload, ord)
+            ),
+            routed AS (
+                SELECT i.*, CASE WHEN i.exchange = '' THEN i.routing_key ELSE b.queue END AS queue
+                FROM input i
+                LEFT JOIN {s}.binding b ON i.exchange <> '' AND b.exchange = i.exchange
+                    AND (b.kind = 'fanout'
+                         OR (b.kind = 'direct' AND b.routing_key = i.routing_key)
+                         OR (b.kind = 'topic' AND i.routing_key ~ b.regex))
+            ),
+            keyed AS (
+                SELECT r.*, COALESCE(r.singleton_key, CASE WHEN r.retried THEN (
+                    SELECT m.singleton_key FROM {s}.message m
+                    WHERE m.task_id = r.task_id AND m.queue = r.queue
+                      AND m.singleton_key IS NOT NULL LIMIT 1) END) AS skey
+                FROM routed r WHERE r.queue IS NOT NULL
+            ),
+            firsts AS (
+                SELECT DISTINCT ON (k.queue, COALESCE(k.skey, k.ord::text)) k.*
+                FROM keyed k ORDER BY k.queue, COALESCE(k.skey, k.ord::text), k.ord
+            ),
+            ins AS (
+                INSERT INTO {s}.message AS m
+                    (queue, priority, visible_at, expires_at, task_id, singleton_key, payload)
+                SELECT f.queue, f.priority, COALESCE(f.eta, now()),
+                       LEAST(f.expires, now() + qu.message_ttl), f.task_id, f.skey, f.payload
+                FROM firsts f LEFT JOIN {s}.queue qu ON qu.name = f.queue
+                ORDER BY f.ord
+                ON CONFLICT (queue, singleton_key) WHERE singleton_key IS NOT NULL DO UPDATE
+                SET priority = EXCLUDED.priority, visible_at = EXCLUDED.visible_at,
+                    expires_at = EXCLUDED.expires_at, payload = EXCLUDED.payload,
+                    lease_owner = NULL, delivery_count = 0
+                WHERE m.task_id IS NOT DISTINCT FROM EXCLUDED.task_id
+                RETURNING m.id, m.queue, m.task_id, m.singleton_key, m.visible_at
+            )
+            SELECT i.id, i.queue, i.task_id, i.singleton_key,
+                   (SELECT count(*) FROM (
+                        SELECT pg_notify(%(channel)s, CASE WHEN min(n.visible_at) > now()
+                            THEN n.queue || chr(31) || extract(epoch FROM min(n.visible_at))::text
+                            ELSE n.queue END)
+                        FROM ins n GROUP BY n.queue) AS woken)
+            FROM ins i
+            """
+        ),
+        queues_with_ttl=q(
+            """
+            SELECT name FROM {s}.queue
+            WHERE name = ANY(%(queues)s::text[]) AND message_ttl IS NOT NULL
+            """
+        ),
+        copy_messages=q(
+            "COPY {s}.message (queue, priority, visible_at, expires_at, task_id, payload) "
+            "FROM STDIN"
+        ),
+        notify_many="SELECT count(pg_notify(%(channel)s, n)) FROM unnest(%(notes)s::text[]) n",
+        now="SELECT now()",
+        # Who holds these keys now (any queue): the answer to a dropped singleton send.
+        singleton_holders=q(
+            """
+            SELECT queue, singleton_key, task_id, id FROM {s}.message
+            WHERE singleton_key = ANY(%(keys)s::text[])
+            """
+        ),
         claim=q(
             f"""
             WITH acked AS (
@@ -232,14 +326,16 @@ def statements(schema: str) -> Statements:
                 delivered_to = array_append(m.delivered_to, %(owner)s)
             FROM picked p
             WHERE m.id = p.id AND p.delivery_count < %(max_deliveries)s
-            RETURNING p.ord, m.id, m.queue, m.delivery_count, m.payload
+            RETURNING p.ord, m.id, m.queue, m.delivery_count, m.payload,
+                      extract(epoch FROM m.created_at)::float8
             """
         ),
         claim_noack=q(
             f"""
             WITH picked AS ({_READY})
             DELETE FROM {{s}}.message m USING picked p WHERE m.id = p.id
-            RETURNING p.ord, m.id, m.queue, m.delivery_count + 1, m.payload
+            RETURNING p.ord, m.id, m.queue, m.delivery_count + 1, m.payload,
+                      extract(epoch FROM m.created_at)::float8
             """
         ),
         # Earliest time a row of these queues becomes claimable (a delay ends or a lease
@@ -304,7 +400,7 @@ def statements(schema: str) -> Statements:
         bury_row=q(
             f"""
             INSERT INTO {{s}}.dead_letter ({_DEAD_COLS}, reason)
-            VALUES (%(id)s, %(queue)s, 0, now(), %(delivery_count)s, NULL, NULL,
+            VALUES (%(id)s, %(queue)s, 0, now(), %(delivery_count)s, NULL, NULL, NULL,
                     %(payload)s, %(reason)s)
             ON CONFLICT (id) DO NOTHING
             """

@@ -1,0 +1,42 @@
+"""pg-boss-class job features for Celery tasks on the roast-jobs broker.
+
+- ``enqueue_in(session)``: send tasks inside the caller's transaction;
+- singleton keys: ``apply_async(..., singleton_key="batch-42")``;
+- ``JobManager``: send (one or thousands), get a job's state, queue status, retry, cancel;
+- ``RoastTask`` / ``RetryPolicy``: retries with backoff and jitter;
+- ``DeadLetters``: list, inspect, redrive, purge;
+- ``run_maintenance``: retention and clean-up, run periodically by the workers.
+"""
+
+from roast_jobs.broker.capture import Published
+
+from .bulk import TaskCall
+from .dead_letters import DeadLetter, DeadLetters
+from .errors import DeadLetterNotFound, InvalidTransition, JobError, JobNotFound, NotOnThisBroker
+from .maintenance import MaintenanceReport, run_maintenance
+from .manager import JobId, JobManager, QueueStatus
+from .retry import RetryPolicy, RoastTask
+from .state import Job, JobState
+from .transaction import enqueue_in
+
+__all__ = [
+    "DeadLetter",
+    "DeadLetterNotFound",
+    "DeadLetters",
+    "InvalidTransition",
+    "Job",
+    "JobError",
+    "JobId",
+    "JobManager",
+    "JobNotFound",
+    "JobState",
+    "MaintenanceReport",
+    "NotOnThisBroker",
+    "Published",
+    "QueueStatus",
+    "RetryPolicy",
+    "RoastTask",
+    "TaskCall",
+    "enqueue_in",
+    "run_maintenance",
+]

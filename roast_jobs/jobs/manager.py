@@ -1,0 +1,352 @@
+"""JobManager: send, look up, retry and cancel Celery tasks on the roast-jobs broker.
+
+The plan's pg-boss wrapper, in Python. A job is a Celery task; its id is the task id.
+Its state comes from three places in the same database: the broker's ``message`` row
+while it waits or runs, ``dead_letter`` when it was buried, and Celery's result table
+(``result_extended``) once it started.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from celery import Celery, states
+from celery.app.task import Context
+from celery.result import AsyncResult
+
+from roast_jobs.broker.capture import Published, publishing
+from roast_jobs.jobs.results import qualified_name
+
+from .bulk import TaskCall, send_many
+from .errors import InvalidTransition, JobNotFound
+from .link import BrokerLink
+from .retry import HEADER, RoastTask, policy_options
+from .state import (
+    CANCELLABLE_STATES,
+    RETRYABLE_STATES,
+    DeadRow,
+    Job,
+    JobState,
+    MessageRow,
+    ResultRow,
+    derive,
+    task_call,
+)
+from .transaction import sink_for
+
+
+class JobId(str):
+    """A job id; ``created`` is False when a singleton key was held and this is the id of
+    the job holding it."""
+
+    created: bool = True
+
+    def __new__(cls, value: str, created: bool = True) -> JobId:
+        obj = super().__new__(cls, value)
+        obj.created = created
+        return obj
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    queue: str
+    waiting: int = 0
+    scheduled: int = 0
+    active: int = 0
+    dead_letter: int = 0
+    oldest_waiting_seconds: float | None = None
+    completed: int = 0
+    failed: int = 0
+    window_seconds: float = 3600.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class JobManager:
+    """Send and steer jobs of ``app`` (a Celery app on the roast-jobs broker)."""
+
+    app: Celery
+    _link: BrokerLink | None = field(default=None, init=False, repr=False)
+
+    # -- life cycle ------------------------------------------------------------------
+
+    def start(self) -> JobManager:
+        """Connect (creating the broker schema if needed). Idempotent."""
+        if self._link is None:
+            self._link = BrokerLink(self.app)
+        return self
+
+    def stop(self) -> None:
+        if self._link is not None:
+            self._link.close()
+            self._link = None
+
+    def __enter__(self) -> JobManager:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def link(self) -> BrokerLink:
+        if self._link is None:
+            raise RuntimeError("JobManager is not started: call start() first")
+        return self._link
+
+    # -- sending ---------------------------------------------------------------------
+
+    def _task_name(self, task: Any) -> str:
+        name = task if isinstance(task, str) else getattr(task, "name", None)
+        if not name:
+            raise TypeError(f"not a task or task name: {task!r}")
+        return name
+
+    def _prepare(self, task: Any, options: dict[str, Any]) -> str:
+        name = self._task_name(task)
+        overrides = policy_options(options)
+        if overrides:
+            registered = self.app.tasks.get(name)
+            if registered is not None and not isinstance(registered, RoastTask):
+                raise TypeError(
+                    f"task {name!r} does not take a retry policy (retry_*): its base is "
+                    f"not RoastTask"
+                )
+            options["headers"] = {**(options.get("headers") or {}), HEADER: overrides}
+        return name
+
+    def send(
+        self,
+        task: Any,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        args: Sequence[Any] = (),
+        into: Any = None,
+        **options: Any,
+    ) -> JobId:
+        """Send one job; returns its id.
+
+        ``payload`` is the task's keyword arguments, ``args`` its positional ones.
+        ``options`` are ``apply_async``'s (queue, priority, countdown, eta, expires,
+        time_limit, task_id, ...) plus ``singleton_key`` and the retry policy overrides
+        ``retry_limit``, ``retry_delay``, ``retry_backoff``, ``retry_delay_max``.
+        ``into`` is a SQLAlchemy Session/Connection or psycopg Connection whose transaction
+        the message joins.
+
+        With a ``singleton_key`` held by a waiting, delayed or running job of the same
+        queue, nothing is sent and the holder's id comes back (``.created`` is False).
+        """
+        if payload is not None and not isinstance(payload, Mapping):
+            raise TypeError(f"payload must be a mapping of keyword arguments, not {payload!r}")
+        if options.get("singleton_key") == "":
+            raise ValueError("singleton_key must not be empty")
+        self.link  # noqa: B018 - fail early when not started
+        name = self._prepare(task, options)
+        sink = sink_for(into) if into is not None else None
+        for _ in range(3):
+            with publishing(sink=sink) as target:
+                result = self.app.send_task(
+                    name, args=tuple(args), kwargs=dict(payload or {}), **options
+                )
+            outcome = target.results[-1] if target.results else None
+            if outcome is None or outcome.created:
+                return JobId(result.id)
+            if outcome.holder is not None:
+                return JobId(outcome.holder, created=False)
+            # The holder ended between our insert and our look-up: the key is free now.
+        raise RuntimeError(f"singleton key {options.get('singleton_key')!r} kept changing hands")
+
+    def send_many(
+        self,
+        task: Any,
+        calls: Iterable[TaskCall | Mapping[str, Any] | Sequence[Any]],
+        *,
+        into: Any = None,
+        **options: Any,
+    ) -> list[Published]:
+        """Send many jobs in one statement per 5,000 (see ``bulk``); shared ``options``
+        as for ``send``, per-job priority, delay and singleton key in each ``TaskCall``."""
+        self.link  # noqa: B018
+        name = self._prepare(task, options)
+        sink = sink_for(into) if into is not None else None
+        return send_many(self.app, name, calls, sink=sink, **options)
+
+    # -- looking ---------------------------------------------------------------------
+
+    def _result_row(self, job_id: str) -> ResultRow | None:
+        backend = self.app.backend
+        table = getattr(backend, "task_cls", None)
+        if table is None:
+            return None
+        backend.ResultSession().close()  # make sure the tables exist
+        rows = self.link.fetch(
+            f"SELECT status, date_done, date_created, date_started, options "
+            f"FROM {qualified_name(table.__table__)} WHERE task_id = %(id)s",
+            id=job_id,
+        )
+        if not rows:
+            return None
+        status, done, created, started, opts = rows[0]
+        meta = backend._get_task_meta_for(job_id)  # uncached, decoded
+        return ResultRow(status, done, created, started, opts, meta)
+
+    def get_job(self, job_id: str) -> Job:
+        """The job's state and times; ``JobNotFound`` if nothing knows it."""
+        if not isinstance(job_id, str) or not job_id:
+            raise JobNotFound(str(job_id))
+        jobs = self.link.jobs
+        msg_rows = self.link.fetch(jobs.find_message, task_id=job_id)
+        dead_rows = self.link.fetch(jobs.find_dead, task_id=job_id)
+        msg = MessageRow(*msg_rows[0]) if msg_rows else None
+        dead = DeadRow(*dead_rows[0]) if dead_rows else None
+        job = derive(job_id, msg, dead, self._result_row(job_id))
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+    def get_queue_status(
+        self, queue: str | None = None, window_seconds: float = 3600.0
+    ) -> dict[str, QueueStatus]:
+        """Per queue: waiting, scheduled, active and dead-lettered counts, the age of the
+        oldest waiting message, and completed/failed counts over the last window."""
+        jobs = self.link.jobs
+        out: dict[str, dict[str, Any]] = {}
+        for name, waiting, scheduled, active, oldest in self.link.fetch(
+            jobs.queue_status, queue=queue
+        ):
+            out[name] = {
+                "waiting": waiting,
+                "scheduled": scheduled,
+                "active": active,
+                "oldest_waiting_seconds": float(oldest) if oldest is not None else None,
+            }
+        for name, count in self.link.fetch(jobs.dead_status, queue=queue):
+            out.setdefault(name, {})["dead_letter"] = count
+        for name, status, count in self._finished_counts(queue, window_seconds):
+            key = "completed" if status == states.SUCCESS else "failed"
+            slot = out.setdefault(name, {})
+            slot[key] = slot.get(key, 0) + count
+        return {
+            name: QueueStatus(name, window_seconds=window_seconds, **values)
+            for name, values in sorted(out.items())
+        }
+
+    def _finished_counts(
+        self, queue: str | None, window_seconds: float
+    ) -> list[tuple[str, str, int]]:
+        table = getattr(self.app.backend, "task_cls", None)
+        if table is None:
+            return []
+        self.app.backend.ResultSession().close()
+        return self.link.fetch(
+            f"SELECT queue, status, count(*) FROM {qualified_name(table.__table__)} "
+            "WHERE status IN ('SUCCESS', 'FAILURE') AND queue IS NOT NULL "
+            "AND (%(queue)s::text IS NULL OR queue = %(queue)s) "
+            "AND date_done > localtimestamp - make_interval(secs => %(window)s) "
+            "GROUP BY queue, status",
+            queue=queue,
+            window=window_seconds,
+        )
+
+    # -- steering --------------------------------------------------------------------
+
+    def cancel_job(self, job_id: str, terminate: bool = False) -> Job:
+        """Remove a waiting or delayed job atomically (it will not run); revoke a running
+        one (``terminate`` kills its process). Returns the job as it is afterwards."""
+        job = self.get_job(job_id)
+        if job.state not in CANCELLABLE_STATES:
+            raise InvalidTransition(
+                job_id, job.state.value, "cancel", "a waiting, delayed or running job"
+            )
+        removed = self.link.fetch(self.link.jobs.cancel_waiting, task_id=job_id)
+        if removed:
+            name, args, kwargs = task_call(removed[0][2])
+            job = replace(job, name=job.name or name, args=args, kwargs=kwargs, queue=removed[0][1])
+            self._mark_revoked(job_id, job, "cancelled before it ran")
+        else:
+            # Running (or claimed between our look and the delete): Celery's revoke.
+            self.app.control.revoke(job_id, terminate=terminate)
+            if terminate:
+                self._mark_revoked(job_id, job, "cancelled while running")
+        return self.get_job(job_id)
+
+    def _mark_revoked(self, job_id: str, job: Job, reason: str) -> None:
+        # Stored with the name and arguments, so that retry_job can send it again.
+        self.app.backend.mark_as_revoked(job_id, reason, request=_request(job_id, job))
+
+    def retry_job(self, job_id: str) -> JobId:
+        """Send a failed, cancelled, expired or dead-lettered job again, with its
+        original arguments and options; returns the id it runs under (the same id,
+        except for a cancelled job: workers remember revoked ids)."""
+        job = self.get_job(job_id)
+        if job.state not in RETRYABLE_STATES:
+            raise InvalidTransition(
+                job_id, job.state.value, "retry", "a failed, cancelled, expired or dead job"
+            )
+        if job.state in (JobState.DEAD_LETTER, JobState.EXPIRED):
+            dead = self.link.fetch(self.link.jobs.find_dead, task_id=job_id)
+            if dead:
+                moved = self.link.fetch(
+                    self.link.jobs.dead_redrive,
+                    ids=[DeadRow(*dead[0]).id],
+                    all=False,
+                    queue=None,
+                    channel=self.link.notify_channel,
+                )
+                if not moved:
+                    raise InvalidTransition(
+                        job_id, job.state.value, "retry", "its singleton key to be free"
+                    )
+                return JobId(job_id)
+        if not job.name:
+            raise InvalidTransition(
+                job_id, job.state.value, "retry", "a stored task name (result_extended)"
+            )
+        options: dict[str, Any] = {}
+        stored = self._stored_options(job_id)
+        for key in ("priority", "time_limit", "soft_time_limit"):
+            if stored.get(key) is not None:
+                options[key] = stored[key]
+        if job.queue:
+            options["queue"] = job.queue
+        new_id = job_id if job.state is JobState.FAILED else None
+        result: AsyncResult = self.app.send_task(
+            job.name,
+            args=tuple(job.args or ()),
+            kwargs=dict(job.kwargs or {}),
+            task_id=new_id,
+            **options,
+        )
+        return JobId(result.id)
+
+    def _stored_options(self, job_id: str) -> dict[str, Any]:
+        table = getattr(self.app.backend, "task_cls", None)
+        if table is None:
+            return {}
+        rows = self.link.fetch(
+            f"SELECT options FROM {qualified_name(table.__table__)} WHERE task_id = %(id)s",
+            id=job_id,
+        )
+        value = rows[0][0] if rows else None
+        if isinstance(value, str):
+            value = json.loads(value)
+        return value if isinstance(value, dict) else {}
+
+
+def _request(job_id: str, job: Job) -> Context:
+    """What Celery's backend reads off a request when it stores a state by hand."""
+    return Context(
+        id=job_id,
+        task=job.name,
+        name=job.name,
+        args=job.args,
+        kwargs=job.kwargs,
+        retries=job.retry_count,
+        hostname=job.worker,
+        delivery_info={"routing_key": job.queue, "priority": job.priority},
+        children=[],
+    )

@@ -1,0 +1,83 @@
+"""Enqueue inside the caller's database transaction.
+
+    with Session(engine) as session, session.begin():
+        session.add(Evaluation(...))
+        with enqueue_in(session):
+            evaluate.delay(evaluation_id)   # the message row joins the session's transaction
+
+The message exists only if the transaction commits; workers are woken at commit (NOTIFY
+is transactional) and cannot see it before; a rollback leaves no trace. Any Celery task
+works, unchanged. The connection must be to the broker's database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+
+from roast_jobs.broker.capture import PublishTarget, Sink, publishing
+
+
+class PsycopgSink:
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn
+
+    def execute(self, statement: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        cur = self.conn.execute(statement, params)
+        return cur.fetchall() if cur.description else []
+
+    def copy_connection(self) -> psycopg.Connection | None:
+        return self.conn
+
+
+class SQLAlchemySink:
+    """A SQLAlchemy Connection, or a Session (asked for its connection at each use, so
+    that the statement joins whatever transaction the session has open)."""
+
+    def __init__(self, target: Any) -> None:
+        self.target = target
+
+    def _conn(self) -> Any:
+        conn = self.target.connection() if hasattr(self.target, "get_bind") else self.target
+        if conn.dialect.name != "postgresql":
+            raise TypeError(f"enqueue_in() needs a PostgreSQL connection, not {conn.dialect.name}")
+        return conn
+
+    def execute(self, statement: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        result = self._conn().exec_driver_sql(statement, params)
+        return [tuple(row) for row in result.fetchall()] if result.returns_rows else []
+
+    def copy_connection(self) -> psycopg.Connection | None:
+        driver = self._conn().connection.driver_connection
+        return driver if isinstance(driver, psycopg.Connection) else None
+
+
+def sink_for(target: Any) -> Sink:
+    """The broker's way into ``target``'s transaction: a SQLAlchemy ``Session`` or
+    ``Connection`` (psycopg or another PostgreSQL driver with pyformat parameters, such
+    as psycopg2) or a psycopg ``Connection``."""
+    if isinstance(target, psycopg.Connection):
+        return PsycopgSink(target)
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.orm import Session
+
+    if isinstance(target, Session | Connection):
+        return SQLAlchemySink(target)
+    raise TypeError(
+        "enqueue_in() takes a SQLAlchemy Session or Connection or a psycopg Connection, "
+        f"not {type(target).__name__}"
+    )
+
+
+@contextmanager
+def enqueue_in(target: Any, buffered: bool = False) -> Iterator[PublishTarget]:
+    """Publish this thread's tasks inside ``target``'s transaction (see the module doc).
+
+    With ``buffered``, the tasks sent in the block are written in one statement when it
+    ends (still inside the transaction); ``.results`` then tells what became of each.
+    """
+    with publishing(sink=sink_for(target), buffered=buffered) as publish_target:
+        yield publish_target

@@ -1,0 +1,98 @@
+"""Tasks for the job-feature tests (``celery -A tests.apps.jobs_app worker``).
+
+Same app as ``tests.apps.worker_app``, plus tasks that record each run in one table
+over one connection per process (bulk tests run ten thousand of them).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import psycopg
+from celery.exceptions import Reject
+
+from roast_jobs.jobs import RetryPolicy, RoastTask
+from tests.apps.worker_app import app, settings
+
+__all__ = ["JOB_RUNS", "app", "ensure_job_runs"]
+
+JOB_RUNS = f'"{settings.result_schema}".job_runs'
+_conn: tuple[int, psycopg.Connection] | None = None
+
+
+def _db() -> psycopg.Connection:
+    global _conn
+    if _conn is None or _conn[0] != os.getpid() or _conn[1].closed:
+        url = settings.require_database_url().split("?")[0]
+        _conn = (os.getpid(), psycopg.connect(url, autocommit=True))
+    return _conn[1]
+
+
+def ensure_job_runs() -> None:
+    url = settings.require_database_url().split("?")[0]
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute(f'CREATE SCHEMA IF NOT EXISTS "{settings.result_schema}"')
+        c.execute(
+            f"CREATE TABLE IF NOT EXISTS {JOB_RUNS} (task_id text, label text, "
+            "retries int, at timestamptz DEFAULT clock_timestamp())"
+        )
+
+
+def record_run(task_id: str | None, label: str, retries: int = 0) -> None:
+    _db().execute(
+        f"INSERT INTO {JOB_RUNS} (task_id, label, retries) VALUES (%s, %s, %s)",
+        (task_id, label, retries),
+    )
+
+
+def runs_of(label: str) -> int:
+    return (
+        _db().execute(f"SELECT count(*) FROM {JOB_RUNS} WHERE label = %s", (label,)).fetchone()[0]
+    )
+
+
+@app.task(bind=True)
+def job_record(self, label: str, n: int = 0) -> int:
+    record_run(self.request.id, label, self.request.retries or 0)
+    return n
+
+
+@app.task(bind=True, base=RoastTask, retry_policy=RetryPolicy(limit=2, delay=0.2, jitter=False))
+def job_fail(self, label: str) -> None:
+    record_run(self.request.id, label, self.request.retries or 0)
+    raise ValueError(f"job_fail {label}")
+
+
+@app.task(bind=True, base=RoastTask, retry_policy=RetryPolicy(limit=3, delay=0.2, jitter=False))
+def job_flaky(self, label: str, fails: int) -> str:
+    """Fails its first ``fails`` runs (counted across retries), then succeeds."""
+    record_run(self.request.id, label, self.request.retries or 0)
+    if runs_of(label) <= fails:
+        raise RuntimeError(f"job_flaky {label}: failing on purpose")
+    return "ok"
+
+
+@app.task(bind=True, base=RoastTask, retry_policy=RetryPolicy(limit=3, delay=60, jitter=False))
+def job_fail_slow_retry(self, label: str) -> None:
+    """Fails and waits a minute before its retry: stays in the retry state."""
+    record_run(self.request.id, label, self.request.retries or 0)
+    raise ValueError("retry later")
+
+
+@app.task(bind=True)
+def job_reject(self, label: str) -> None:
+    record_run(self.request.id, label)
+    raise Reject("rejected on purpose", requeue=False)
+
+
+@app.task(bind=True)
+def job_hold(self, label: str, timeout: float = 120.0) -> str:
+    """Runs until a row with label 'release:<label>' appears (or the timeout)."""
+    record_run(self.request.id, label)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if runs_of(f"release:{label}"):
+            return "released"
+        time.sleep(0.1)
+    return "timeout"

@@ -1,0 +1,48 @@
+"""Shared helpers of the job-feature tests: a JobManager, workers, polling."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import pytest
+
+from roast_jobs.jobs import JobManager
+from tests.apps import jobs_app
+from tests.workers import CeleryWorker
+
+T = TypeVar("T")
+
+
+def wait_until(fn: Callable[[], T], timeout: float = 60, every: float = 0.1) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(every)
+
+
+def new_queue(prefix: str = "jq") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def runs(label: str) -> int:
+    return jobs_app.runs_of(label)
+
+
+@pytest.fixture(scope="module")
+def jm() -> Iterator[JobManager]:
+    jobs_app.ensure_job_runs()
+    with JobManager(jobs_app.app) as manager:
+        yield manager
+
+
+def start_worker(name: str, queue: str, concurrency: int = 2) -> CeleryWorker:
+    worker = CeleryWorker(
+        name, app="tests.apps.jobs_app", concurrency=concurrency, args=["-Q", queue]
+    )
+    worker.start(timeout=120)
+    return worker

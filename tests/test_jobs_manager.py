@@ -1,0 +1,225 @@
+"""JobManager on real workers: every state get_job reports, retry and cancel in each."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from roast_jobs.jobs import InvalidTransition, JobManager, JobNotFound, JobState
+from tests.apps.jobs_app import (
+    job_fail,
+    job_fail_slow_retry,
+    job_flaky,
+    job_hold,
+    job_record,
+    job_reject,
+    record_run,
+)
+from tests.jobs_support import jm, new_queue, runs, start_worker, wait_until
+from tests.workers import CeleryWorker
+
+__all__ = ["jm"]
+
+WORKED = new_queue("jm-worked")  # a worker consumes this one
+IDLE = new_queue("jm-idle")  # nobody does: jobs stay waiting
+
+
+@pytest.fixture(scope="module")
+def worker(jm: JobManager) -> Iterator[CeleryWorker]:
+    w = start_worker("jm", WORKED)
+    try:
+        yield w
+    finally:
+        w.stop()
+
+
+def label() -> str:
+    return uuid.uuid4().hex
+
+
+def state_of(jm: JobManager, job_id: str, want: JobState, timeout: float = 60) -> JobState:
+    return wait_until(lambda: jm.get_job(job_id).state == want, timeout=timeout) and want
+
+
+# -- states ----------------------------------------------------------------------------
+
+
+def test_waiting_job_is_created_with_its_details(jm: JobManager) -> None:
+    job_id = jm.send(job_record, {"label": "w", "n": 3}, queue=IDLE, priority=7)
+    job = jm.get_job(job_id)
+    assert job.state is JobState.CREATED
+    assert (job.name, job.queue, job.priority) == (job_record.name, IDLE, 7)
+    assert job.created_at is not None and job.started_at is None
+    assert job.as_dict()["state"] == "created"
+
+
+def test_delayed_job_is_scheduled_until_its_time(jm: JobManager) -> None:
+    job_id = jm.send(job_record, {"label": "s"}, queue=IDLE, countdown=600)
+    job = jm.get_job(job_id)
+    assert job.state is JobState.SCHEDULED
+    assert job.run_at is not None and job.created_at is not None
+    assert 590 < (job.run_at - job.created_at).total_seconds() < 610
+
+
+def test_running_job_is_active_then_completed(jm: JobManager, worker: CeleryWorker) -> None:
+    name = label()
+    job_id = jm.send(job_hold, {"label": name}, queue=WORKED)
+    assert state_of(jm, job_id, JobState.ACTIVE), worker.log()[-2000:]
+    active = jm.get_job(job_id)
+    assert active.started_at is not None
+    record_run(None, f"release:{name}")
+    assert state_of(jm, job_id, JobState.COMPLETED), worker.log()[-2000:]
+    done = jm.get_job(job_id)
+    assert done.result == "released"
+    assert done.worker and done.worker.startswith("jm@")
+    assert done.created_at and done.started_at and done.completed_at
+    assert done.created_at <= done.started_at <= done.completed_at
+
+
+def test_failed_job_reports_error_after_its_retries(jm: JobManager, worker: CeleryWorker) -> None:
+    name = label()
+    job_id = jm.send(job_fail, {"label": name}, queue=WORKED)
+    assert state_of(jm, job_id, JobState.FAILED), worker.log()[-3000:]
+    job = jm.get_job(job_id)
+    assert job.retry_count == 2 and runs(name) == 3  # the policy's limit of 2 retries
+    assert job.error and "job_fail" in job.error and job.traceback
+
+
+def test_job_waiting_for_its_retry_is_in_retry(jm: JobManager, worker: CeleryWorker) -> None:
+    name = label()
+    job_id = jm.send(job_fail_slow_retry, {"label": name}, queue=WORKED)
+    assert state_of(jm, job_id, JobState.RETRY), worker.log()[-3000:]
+    job = jm.get_job(job_id)
+    assert job.retry_count == 1 and job.run_at is not None
+    with pytest.raises(InvalidTransition, match="retry"):
+        jm.retry_job(job_id)
+    assert jm.cancel_job(job_id).state is JobState.CANCELLED  # the delayed retry goes
+    assert runs(name) == 1
+
+
+def test_rejected_job_is_a_dead_letter_and_retry_redrives_it(
+    jm: JobManager, worker: CeleryWorker
+) -> None:
+    name = label()
+    job_id = jm.send(job_reject, {"label": name}, queue=WORKED)
+    assert state_of(jm, job_id, JobState.DEAD_LETTER), worker.log()[-3000:]
+    assert jm.get_job(job_id).reason == "rejected"
+    assert jm.retry_job(job_id) == job_id
+    assert wait_until(lambda: runs(name) == 2)
+    assert state_of(jm, job_id, JobState.DEAD_LETTER)  # rejected again
+
+
+def test_expired_job_is_expired(jm: JobManager) -> None:
+    job_id = jm.send(job_record, {"label": "x"}, queue=IDLE, expires=0.2)
+    assert state_of(jm, job_id, JobState.EXPIRED, timeout=10)
+    with pytest.raises(InvalidTransition):
+        jm.cancel_job(job_id)
+
+
+# -- cancel ----------------------------------------------------------------------------
+
+
+def test_cancel_waiting_and_delayed_jobs(jm: JobManager) -> None:
+    for options in ({}, {"countdown": 300}):
+        job_id = jm.send(job_record, {"label": "c"}, queue=IDLE, **options)
+        job = jm.cancel_job(job_id)
+        assert job.state is JobState.CANCELLED
+        assert job.name == job_record.name  # kept for a retry
+        with pytest.raises(InvalidTransition, match="cancel"):
+            jm.cancel_job(job_id)
+
+
+def test_cancel_running_job_with_terminate(jm: JobManager, worker: CeleryWorker) -> None:
+    name = label()
+    job_id = jm.send(job_hold, {"label": name}, queue=WORKED)
+    assert state_of(jm, job_id, JobState.ACTIVE), worker.log()[-2000:]
+    jm.cancel_job(job_id, terminate=True)
+    assert state_of(jm, job_id, JobState.CANCELLED), worker.log()[-3000:]
+    # The process running it was killed: it never got to return.
+    assert jm.get_job(job_id).result != "released"
+
+
+def test_cancel_finished_job_is_refused(jm: JobManager, worker: CeleryWorker) -> None:
+    job_id = jm.send(job_record, {"label": label()}, queue=WORKED)
+    assert state_of(jm, job_id, JobState.COMPLETED)
+    with pytest.raises(InvalidTransition, match=r"cannot cancel .* it is completed"):
+        jm.cancel_job(job_id)
+    with pytest.raises(InvalidTransition, match="cannot retry"):
+        jm.retry_job(job_id)
+
+
+# -- retry -----------------------------------------------------------------------------
+
+
+def test_retry_failed_job_reruns_it_under_its_id(jm: JobManager, worker: CeleryWorker) -> None:
+    name = label()
+    # Fails its first 4 runs: the original and its 3 retries, then succeeds when retried.
+    job_id = jm.send(job_flaky, {"label": name, "fails": 4}, queue=WORKED, priority=6)
+    assert state_of(jm, job_id, JobState.FAILED), worker.log()[-3000:]
+    assert runs(name) == 4
+    assert jm.retry_job(job_id) == job_id
+    assert state_of(jm, job_id, JobState.COMPLETED), worker.log()[-3000:]
+    assert jm.get_job(job_id).result == "ok" and runs(name) == 5
+
+
+def test_retry_cancelled_job_runs_under_a_new_id(jm: JobManager, worker: CeleryWorker) -> None:
+    name = label()
+    job_id = jm.send(job_record, {"label": name}, queue=WORKED, countdown=300)
+    jm.cancel_job(job_id)
+    new_id = jm.retry_job(job_id)
+    assert new_id != job_id
+    assert state_of(jm, new_id, JobState.COMPLETED)
+    assert jm.get_job(job_id).state is JobState.CANCELLED
+    assert runs(name) == 1
+
+
+def test_retry_running_job_is_refused(jm: JobManager, worker: CeleryWorker) -> None:
+    name = label()
+    job_id = jm.send(job_hold, {"label": name}, queue=WORKED)
+    assert state_of(jm, job_id, JobState.ACTIVE)
+    with pytest.raises(InvalidTransition, match=r"cannot retry .* it is active"):
+        jm.retry_job(job_id)
+    record_run(None, f"release:{name}")
+    assert state_of(jm, job_id, JobState.COMPLETED)
+
+
+# -- unknown ids, bad input, queue status ----------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["no-such-job", "", "x" * 300])
+def test_unknown_ids_are_not_found(jm: JobManager, bad: str) -> None:
+    for call in (jm.get_job, jm.cancel_job, jm.retry_job):
+        with pytest.raises(JobNotFound):
+            call(bad)
+
+
+def test_bad_send_arguments_are_refused(jm: JobManager) -> None:
+    with pytest.raises(TypeError, match="payload"):
+        jm.send(job_record, ["not", "a", "mapping"])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="RoastTask"):
+        jm.send(job_record, {"label": "x"}, queue=IDLE, retry_limit=2)
+    with pytest.raises(ValueError, match="retry limit"):
+        jm.send(job_fail, {"label": "x"}, queue=IDLE, retry_limit=-1)
+    with pytest.raises(ValueError, match="singleton_key"):
+        jm.send(job_record, {"label": "x"}, queue=IDLE, singleton_key="k" * 600)
+
+
+def test_queue_status_counts_each_state(jm: JobManager, worker: CeleryWorker) -> None:
+    queue = new_queue("jm-status")
+    for _ in range(3):
+        jm.send(job_record, {"label": "q"}, queue=queue)
+    jm.send(job_record, {"label": "q"}, queue=queue, countdown=300)
+    status = jm.get_queue_status(queue)[queue]
+    assert (status.waiting, status.scheduled, status.active, status.dead_letter) == (3, 1, 0, 0)
+    assert status.oldest_waiting_seconds is not None and status.oldest_waiting_seconds >= 0
+    done = [jm.send(job_record, {"label": "q"}, queue=WORKED) for _ in range(2)]
+    failed = jm.send(job_fail, {"label": label()}, queue=WORKED)
+    for job_id in done:
+        assert state_of(jm, job_id, JobState.COMPLETED)
+    assert state_of(jm, failed, JobState.FAILED)
+    worked = jm.get_queue_status(WORKED)[WORKED]
+    assert worked.completed >= 2 and worked.failed >= 1
+    everything = jm.get_queue_status()
+    assert queue in everything and WORKED in everything
