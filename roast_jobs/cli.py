@@ -1,4 +1,5 @@
-"""The ``roast-jobs`` command: demo, worker and database set-up."""
+"""The ``roast-jobs`` command: demo, worker, database set-up; jobs, dead letters and
+maintenance (``cli_jobs``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from types import FrameType
 import click
 import psycopg
 
+from roast_jobs import cli_jobs
 from roast_jobs.config import Settings, get_settings, override_settings
 
 DEMO_APP = "roast_jobs.tasks.demo"
@@ -186,6 +188,9 @@ def _masked(url: str) -> str:
     from roast_jobs.broker.connections import mask_url
 
     return mask_url(url)
+
+
+cli_jobs.register(cli)
 
 
 def main() -> None:

@@ -432,6 +432,9 @@ class Result:
     raw_publish_rate: float | None = None
     raw_consume_rate: float | None = None
     raw_consumed: int = 0
+    bulk_rate: float | None = None
+    tx_rate: float | None = None
+    tx_batch_rate: float | None = None
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -551,6 +554,46 @@ def pickup_latency(
         res.lat_max = max(lat)
 
 
+BULK_QUEUE = "bench-bulk"  # nobody consumes it; purged after each measurement
+TX_BATCH = 100
+
+
+def job_features(app: Celery, broker: Broker, bulk: int, tx: int, res: Result) -> None:
+    """roast-jobs only: bulk send (JobManager.send_many, COPY) and sends inside the
+    caller's transaction (enqueue_in), one per transaction and 100 per transaction."""
+    import psycopg
+
+    from roast_jobs.broker.connections import split_url
+    from roast_jobs.jobs import JobManager, TaskCall, enqueue_in
+
+    task = app.tasks[TASK_NAME]
+    libpq, _ = split_url(broker.url)
+    schema = broker.options["schema"]
+    with JobManager(app) as jm, psycopg.connect(libpq) as conn:
+        calls = [TaskCall(args=(i, "bulk"), priority=i % 10) for i in range(bulk)]
+        jm.send_many(task, calls[:100], queue=BULK_QUEUE)  # template, connections: warm
+        t0 = time.perf_counter()
+        published = jm.send_many(task, calls, queue=BULK_QUEUE)
+        res.bulk_rate = bulk / (time.perf_counter() - t0)
+        if sum(p.created for p in published) != bulk:
+            res.errors.append("bulk send: not every message was created")
+        t0 = time.perf_counter()
+        for i in range(tx):
+            with enqueue_in(conn):
+                task.apply_async((i, "tx"), queue=BULK_QUEUE)
+            conn.commit()
+        res.tx_rate = tx / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for start in range(0, tx, TX_BATCH):
+            with enqueue_in(conn):
+                for i in range(start, min(tx, start + TX_BATCH)):
+                    task.apply_async((i, "txb"), queue=BULK_QUEUE)
+            conn.commit()
+        res.tx_batch_rate = tx / (time.perf_counter() - t0)
+        conn.execute(f'DELETE FROM "{schema}".message WHERE queue = %s', (BULK_QUEUE,))
+        conn.commit()
+
+
 def raw_kombu(broker: Broker, n: int, timeout: float, res: Result) -> None:
     from kombu import Connection, Consumer, Producer, Queue
 
@@ -618,6 +661,10 @@ def run_broker(broker: Broker, args: argparse.Namespace, workdir: Path, round_: 
             ),
             ("raw kombu", lambda: raw_kombu(broker, args.raw_messages, args.phase_timeout, res)),
         ]
+        if broker.key == "roast-jobs" and args.bulk:
+            steps.append(
+                ("job features", lambda: job_features(app, broker, args.bulk, args.tx, res))
+            )
         for name, step in steps:
             log(f"{name} ...")
             t0 = time.monotonic()
@@ -764,6 +811,12 @@ def results_table(
             lambda r: fmt_rate(r.raw_publish_rate)),
         row("raw kombu consume + ack, prefetch 100 (msg/s)",
             lambda r: fmt_rate(r.raw_consume_rate)),
+        row(f"bulk send, JobManager.send_many x {args.bulk} (msg/s)",
+            lambda r: fmt_rate(r.bulk_rate)),
+        row(f"send in the caller's transaction, 1 per commit x {args.tx} (tasks/s)",
+            lambda r: fmt_rate(r.tx_rate)),
+        row(f"send in the caller's transaction, {TX_BATCH} per commit (tasks/s)",
+            lambda r: fmt_rate(r.tx_batch_rate)),
         row("left in broker after burn-down (should be 0)",
             lambda r: "-" if r.burn_leftover is None else f"{r.burn_leftover:.0f}"),
         row("errors", lambda r: str(len(r.errors))),
@@ -801,6 +854,9 @@ def goals_table(results: dict[str, Result]) -> str:
             else (f"{fmt_rate(getattr(rj, attr))} vs {fmt_rate(getattr(other, attr))} ({x:.2f}x)")
         )
         rows.append([name, shown, verdict(None if x is None else x >= factor)])
+    bulk = rj.bulk_rate if rj else None
+    rows.append(["roast-jobs bulk send >= 50,000 msg/s", f"{fmt_rate(bulk)} msg/s",
+                 verdict(None if bulk is None else bulk >= 50_000)])  # fmt: skip
     return markdown(["goal", "measured", "result"], rows)
 
 
@@ -812,6 +868,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tasks", type=int, default=5000, help="N for enqueue and burn-down")
     p.add_argument("--latency-samples", type=int, default=200)
     p.add_argument("--raw-messages", type=int, default=5000, help="N for raw kombu")
+    p.add_argument(
+        "--bulk",
+        type=int,
+        default=50_000,
+        help="messages of the roast-jobs bulk send (0: skip the job features)",
+    )
+    p.add_argument(
+        "--tx",
+        type=int,
+        default=2000,
+        help="tasks sent inside the caller's transaction (roast-jobs)",
+    )
     p.add_argument(
         "--brokers",
         default=",".join(BROKER_KEYS),

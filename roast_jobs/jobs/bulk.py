@@ -28,7 +28,7 @@ from typing import Any
 from celery import Celery
 from kombu import serialization
 
-from roast_jobs.broker.capture import Published, Row, Sink, publishing
+from roast_jobs.broker.capture import Published, Row, Sink, current_target, publishing
 from roast_jobs.broker.payload import Envelope, clamp_priority
 
 #: Celery truncates argsrepr/kwargsrepr too; keep stored messages small.
@@ -222,6 +222,8 @@ def send_many(
     items = [TaskCall.of(c) for c in calls]
     if not items:
         return []
+    if sink is None and (enclosing := current_target()) is not None:
+        sink = enclosing.sink  # inside enqueue_in(): join that transaction
     template, writer = capture_template(app, name, options)
     channel = getattr(writer, "__self__", None)  # the roast-jobs channel that built it
     native_delay = channel.transport.options.native_delay if channel is not None else True

@@ -17,7 +17,7 @@ from celery import Celery, states
 from celery.app.task import Context
 from celery.result import AsyncResult
 
-from roast_jobs.broker.capture import Published, publishing
+from roast_jobs.broker.capture import Published, current_target, publishing
 from roast_jobs.jobs.results import qualified_name
 
 from .bulk import TaskCall, send_many
@@ -146,7 +146,7 @@ class JobManager:
             raise ValueError("singleton_key must not be empty")
         self.link  # noqa: B018 - fail early when not started
         name = self._prepare(task, options)
-        sink = sink_for(into) if into is not None else None
+        sink = sink_for(into) if into is not None else _enclosing_sink()
         for _ in range(3):
             with publishing(sink=sink) as target:
                 result = self.app.send_task(
@@ -335,6 +335,12 @@ class JobManager:
         if isinstance(value, str):
             value = json.loads(value)
         return value if isinstance(value, dict) else {}
+
+
+def _enclosing_sink() -> Any:
+    """The transaction of an enclosing ``enqueue_in()`` block, if any."""
+    target = current_target()
+    return target.sink if target is not None else None
 
 
 def _request(job_id: str, job: Job) -> Context:
