@@ -568,8 +568,8 @@ def job_features(app: Celery, broker: Broker, bulk: int, tx: int, res: Result) -
 
     task = app.tasks[TASK_NAME]
     libpq, _ = split_url(broker.url)
-    schema = broker.options["schema"]
     with JobManager(app) as jm, psycopg.connect(libpq) as conn:
+        schema = jm.link.schema
         calls = [TaskCall(args=(i, "bulk"), priority=i % 10) for i in range(bulk)]
         jm.send_many(task, calls[:100], queue=BULK_QUEUE)  # template, connections: warm
         t0 = time.perf_counter()

@@ -46,3 +46,17 @@ def start_worker(name: str, queue: str, concurrency: int = 2) -> CeleryWorker:
     )
     worker.start(timeout=120)
     return worker
+
+
+def worker_fixture(name: str, queue: str) -> Callable[..., Iterator[CeleryWorker]]:
+    """A module-scoped fixture: one worker of ``tests.apps.jobs_app`` on ``queue``."""
+
+    @pytest.fixture(scope="module")
+    def worker(jm: JobManager) -> Iterator[CeleryWorker]:
+        w = start_worker(name, queue)
+        try:
+            yield w
+        finally:
+            w.stop()
+
+    return worker

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -13,7 +12,7 @@ from roast_jobs.jobs import DeadLetterNotFound, DeadLetters, JobManager, JobStat
 from roast_jobs.jobs.retry import RetryPolicy
 from tests.apps.jobs_app import JOB_RUNS, job_fail, job_record, job_reject
 from tests.conftest import BROKER_SCHEMA, DATABASE_URL
-from tests.jobs_support import jm, new_queue, runs, start_worker, wait_until
+from tests.jobs_support import jm, new_queue, runs, wait_until, worker_fixture
 from tests.workers import CeleryWorker
 
 __all__ = ["jm"]
@@ -21,13 +20,7 @@ __all__ = ["jm"]
 QUEUE = new_queue("bulk")
 
 
-@pytest.fixture(scope="module")
-def worker(jm: JobManager) -> Iterator[CeleryWorker]:
-    w = start_worker("bulk", QUEUE)
-    try:
-        yield w
-    finally:
-        w.stop()
+worker = worker_fixture("bulk", QUEUE)
 
 
 def run_counts(label: str) -> tuple[int, int]:

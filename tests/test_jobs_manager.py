@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
@@ -17,7 +16,7 @@ from tests.apps.jobs_app import (
     job_reject,
     record_run,
 )
-from tests.jobs_support import jm, new_queue, runs, start_worker, wait_until
+from tests.jobs_support import jm, new_queue, runs, wait_until, worker_fixture
 from tests.workers import CeleryWorker
 
 __all__ = ["jm"]
@@ -26,13 +25,7 @@ WORKED = new_queue("jm-worked")  # a worker consumes this one
 IDLE = new_queue("jm-idle")  # nobody does: jobs stay waiting
 
 
-@pytest.fixture(scope="module")
-def worker(jm: JobManager) -> Iterator[CeleryWorker]:
-    w = start_worker("jm", WORKED)
-    try:
-        yield w
-    finally:
-        w.stop()
+worker = worker_fixture("jm", WORKED)
 
 
 def label() -> str:

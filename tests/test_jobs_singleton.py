@@ -5,15 +5,13 @@ from __future__ import annotations
 import multiprocessing
 import threading
 import uuid
-from collections.abc import Iterator
 
 import psycopg
-import pytest
 
 from roast_jobs.jobs import JobManager, JobState, TaskCall
 from tests.apps.jobs_app import job_flaky, job_hold, job_record, record_run
 from tests.conftest import BROKER_SCHEMA, DATABASE_URL
-from tests.jobs_support import jm, new_queue, runs, start_worker, wait_until
+from tests.jobs_support import jm, new_queue, runs, wait_until, worker_fixture
 from tests.workers import CeleryWorker
 
 __all__ = ["jm"]
@@ -22,13 +20,7 @@ QUEUE = new_queue("single")
 IDLE = new_queue("single-idle")
 
 
-@pytest.fixture(scope="module")
-def worker(jm: JobManager) -> Iterator[CeleryWorker]:
-    w = start_worker("single", QUEUE)
-    try:
-        yield w
-    finally:
-        w.stop()
+worker = worker_fixture("single", QUEUE)
 
 
 def holders(key: str) -> list[tuple[str, str]]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import select
 import time
 import uuid
-from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -16,7 +15,7 @@ from roast_jobs.jobs import JobManager, JobNotFound, JobState, TaskCall, enqueue
 from roast_jobs.jobs.results import sqlalchemy_url
 from tests.apps.jobs_app import job_record
 from tests.conftest import BROKER_SCHEMA, DATABASE_URL
-from tests.jobs_support import jm, new_queue, runs, start_worker, wait_until
+from tests.jobs_support import jm, new_queue, runs, wait_until, worker_fixture
 from tests.workers import CeleryWorker
 
 __all__ = ["jm"]
@@ -25,13 +24,7 @@ QUEUE = new_queue("tx")
 ENGINE = create_engine(sqlalchemy_url(DATABASE_URL))
 
 
-@pytest.fixture(scope="module")
-def worker(jm: JobManager) -> Iterator[CeleryWorker]:
-    w = start_worker("tx", QUEUE)
-    try:
-        yield w
-    finally:
-        w.stop()
+worker = worker_fixture("tx", QUEUE)
 
 
 def rows_for(task_ids: list[str]) -> int:

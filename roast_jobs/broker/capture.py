@@ -40,6 +40,20 @@ class Sink(Protocol):
         ...
 
 
+class PsycopgSink:
+    """A psycopg connection's open transaction as a Sink."""
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn
+
+    def execute(self, statement: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        cur = self.conn.execute(statement, params)
+        return cur.fetchall() if cur.description else []
+
+    def copy_connection(self) -> psycopg.Connection | None:
+        return self.conn
+
+
 @dataclass(slots=True)
 class Row:
     """One message on its way to the table."""

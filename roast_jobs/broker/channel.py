@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from kombu.transport import virtual
 from kombu.transport.base import to_rabbitmq_queue_arguments
 
-from .capture import Published, Row, Sink, current_target
+from .capture import PsycopgSink, Published, Row, Sink, current_target
 from .connections import CONNECTION_ERRORS
 from .payload import BadPayload, decode, envelope
 from .sql import PRIORITIES
@@ -129,30 +129,12 @@ class Channel(virtual.Channel):
             target.add(Row(exchange, routing_key, env, message), self.write_rows)
         elif env.singleton_key is not None or env.retried:
             self.write_rows([Row(exchange, routing_key, env)], None)
-        elif not exchange:
-            self._insert(
-                self.sql.publish,
-                queue=routing_key,
-                priority=env.priority,
-                eta=env.eta,
-                expires=env.expires,
-                task_id=env.task_id,
-                payload=env.payload,
-                channel=self.transport.notify_channel,
-            )
         else:
-            # Route in the database, against the bindings every process shares.
-            self._insert(
-                self.sql.publish_exchange,
-                exchange=exchange,
-                routing_key=routing_key,
-                priority=env.priority,
-                eta=env.eta,
-                expires=env.expires,
-                task_id=env.task_id,
-                payload=env.payload,
-                channel=self.transport.notify_channel,
-            )
+            # The hot path: one autocommit statement on the durable pool.
+            with self.transport.pool.connection() as conn:
+                MessageWriter(self.transport).insert_one(
+                    Row(exchange, routing_key, env), PsycopgSink(conn)
+                )
 
     def write_rows(self, rows: Iterable[Row], sink: Sink | None) -> list[Published]:
         """Write ``rows`` in the caller's transaction (``sink``) or on the durable pool;

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from celery import states
@@ -38,23 +39,29 @@ def sqlalchemy_url(database_url: str) -> str:
     return "postgresql+psycopg://" + libpq.split("://", 1)[1]
 
 
-def ensure_schemas(url: str, schemas: set[str]) -> None:
-    key = (url, frozenset(schemas))
-    if not schemas or key in _ready:
+def _once(url: str, key: frozenset[str], statements: Callable[[], list[str]]) -> None:
+    """Run ``statements`` once per process and ``key``, under a cluster-wide lock: workers
+    starting together would race on CREATE SCHEMA / ALTER TABLE ... IF NOT EXISTS."""
+    if (url, key) in _ready:
         return
     with _lock:
-        if key in _ready:
+        if (url, key) in _ready:
             return
         engine = create_engine(url, poolclass=NullPool)
         try:
             with engine.begin() as conn:
-                # Workers starting together would race on CREATE SCHEMA IF NOT EXISTS.
                 conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('roast_jobs_results'))"))
-                for schema in sorted(schemas):
-                    conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+                for statement in statements():
+                    conn.execute(text(statement))
         finally:
             engine.dispose()
-        _ready.add(key)
+        _ready.add((url, key))
+
+
+def ensure_schemas(url: str, schemas: set[str]) -> None:
+    if schemas:
+        _once(url, frozenset(schemas), lambda: [
+            f'CREATE SCHEMA IF NOT EXISTS "{schema}"' for schema in sorted(schemas)])  # fmt: skip
 
 
 def qualified_name(table: Any) -> str:
@@ -63,23 +70,10 @@ def qualified_name(table: Any) -> str:
 
 
 def ensure_columns(url: str, table: Any) -> None:
-    key = (url, frozenset({qualified_name(table)}))
-    if key in _ready:
-        return
-    with _lock:
-        if key in _ready:
-            return
-        engine = create_engine(url, poolclass=NullPool)
-        try:
-            with engine.begin() as conn:
-                conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('roast_jobs_results'))"))
-                adds = ", ".join(
-                    f"ADD COLUMN IF NOT EXISTS {col} {kind}" for col, kind in EXTRA_COLUMNS.items()
-                )
-                conn.execute(text(f"ALTER TABLE {qualified_name(table)} {adds}"))
-        finally:
-            engine.dispose()
-        _ready.add(key)
+    """Add roast-jobs' columns to Celery's task table."""
+    name = qualified_name(table)
+    adds = ", ".join(f"ADD COLUMN IF NOT EXISTS {c} {k}" for c, k in EXTRA_COLUMNS.items())
+    _once(url, frozenset({name}), lambda: [f"ALTER TABLE {name} {adds}"])
 
 
 class ResultBackend(DatabaseBackend):

@@ -18,19 +18,7 @@ from typing import Any
 
 import psycopg
 
-from roast_jobs.broker.capture import PublishTarget, Sink, publishing
-
-
-class PsycopgSink:
-    def __init__(self, conn: psycopg.Connection) -> None:
-        self.conn = conn
-
-    def execute(self, statement: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        cur = self.conn.execute(statement, params)
-        return cur.fetchall() if cur.description else []
-
-    def copy_connection(self) -> psycopg.Connection | None:
-        return self.conn
+from roast_jobs.broker.capture import PsycopgSink, PublishTarget, Sink, publishing
 
 
 class SQLAlchemySink:
