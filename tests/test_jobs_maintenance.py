@@ -17,8 +17,8 @@ from roast_jobs.jobs.maintenance import last_run
 from roast_jobs.jobs.results import qualified_name
 from tests.apps.jobs_app import app, job_record
 from tests.conftest import BROKER_SCHEMA, DATABASE_URL, RESULT_SCHEMA
-from tests.jobs_support import jm
-from tests.workers import REPO
+from tests.jobs_support import jm, wait_until
+from tests.workers import REPO, CeleryWorker
 
 __all__ = ["jm"]
 
@@ -183,3 +183,20 @@ def test_cli_runs_a_pass_and_lists_dead_letters(jm: JobManager, db: psycopg.Conn
     assert bad.returncode != 0 and "--all" in bad.stderr
     purged = cli("jobs", "cancel", job_id)
     assert purged.returncode == 0 and "cancelled" in purged.stdout
+
+
+def test_workers_run_the_pass_on_their_own(jm: JobManager) -> None:
+    before = last_run(jm.link)
+    worker = CeleryWorker(
+        "maint",
+        app="tests.apps.jobs_app",
+        concurrency=1,
+        args=["-Q", f"maint-{uuid.uuid4().hex[:8]}"],
+        env={"ROAST_JOBS_MAINTENANCE_INTERVAL": "1"},
+    )
+    worker.start(timeout=120)
+    try:
+        ran = wait_until(lambda: last_run(jm.link) not in (None, before), timeout=30)
+        assert ran, worker.log()[-3000:]
+    finally:
+        worker.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import select
 import time
 import uuid
@@ -11,7 +12,14 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
-from roast_jobs.jobs import JobManager, JobNotFound, JobState, TaskCall, enqueue_in
+from roast_jobs.jobs import (
+    JobManager,
+    JobNotFound,
+    JobState,
+    TaskCall,
+    enqueue_in,
+    enqueue_in_async,
+)
 from roast_jobs.jobs.results import sqlalchemy_url
 from tests.apps.jobs_app import job_record
 from tests.conftest import BROKER_SCHEMA, DATABASE_URL
@@ -123,3 +131,31 @@ def test_enqueue_in_refuses_what_is_not_a_connection() -> None:
         enqueue_in(conn),
     ):
         job_record.apply_async(("x",), queue=QUEUE)
+
+
+def test_async_session_commit_and_rollback(worker: CeleryWorker) -> None:
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    name = uuid.uuid4().hex
+
+    async def scenario() -> tuple[str, str]:
+        engine = create_async_engine(sqlalchemy_url(DATABASE_URL))
+        try:
+            async with AsyncSession(engine) as session, session.begin():
+                kept = await enqueue_in_async(
+                    session, lambda: job_record.apply_async((name,), queue=QUEUE).id
+                )
+            async with AsyncSession(engine) as session:
+                await session.begin()
+                dropped = await enqueue_in_async(
+                    session, lambda: job_record.apply_async((name,), queue=QUEUE).id
+                )
+                await session.rollback()
+        finally:
+            await engine.dispose()
+        return kept, dropped
+
+    kept, dropped = asyncio.run(scenario())
+    assert rows_for([dropped]) == 0
+    assert wait_until(lambda: runs(name) == 1, timeout=30), worker.log()[-2000:]
+    assert wait_until(lambda: rows_for([kept]) == 0)  # ran and acked

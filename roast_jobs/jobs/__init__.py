@@ -17,7 +17,7 @@ from .maintenance import MaintenanceReport, run_maintenance
 from .manager import JobId, JobManager, QueueStatus
 from .retry import RetryPolicy, RoastTask
 from .state import Job, JobState
-from .transaction import enqueue_in
+from .transaction import enqueue_in, enqueue_in_async
 
 __all__ = [
     "DeadLetter",
@@ -38,5 +38,6 @@ __all__ = [
     "RoastTask",
     "TaskCall",
     "enqueue_in",
+    "enqueue_in_async",
     "run_maintenance",
 ]

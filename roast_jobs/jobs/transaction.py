@@ -12,13 +12,15 @@ works, unchanged. The connection must be to the broker's database.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 
 from roast_jobs.broker.capture import PsycopgSink, PublishTarget, Sink, publishing
+
+T = TypeVar("T")
 
 
 class SQLAlchemySink:
@@ -69,3 +71,21 @@ def enqueue_in(target: Any, buffered: bool = False) -> Iterator[PublishTarget]:
     """
     with publishing(sink=sink_for(target), buffered=buffered) as publish_target:
         yield publish_target
+
+
+async def enqueue_in_async(target: Any, send: Callable[[], T]) -> T:
+    """``enqueue_in`` for SQLAlchemy's ``AsyncSession`` / ``AsyncConnection``: runs
+    ``send`` (which calls ``apply_async``, ``JobManager.send``, ...) inside ``target``'s
+    transaction and returns what it returns. Celery publishes synchronously, so this
+    goes through SQLAlchemy's ``run_sync`` (the ``asyncio`` extra: greenlet)::
+
+        async with AsyncSession(engine) as session, session.begin():
+            session.add(evaluation)
+            await enqueue_in_async(session, lambda: evaluate.delay(evaluation.id))
+    """
+
+    def run(sync_target: Any) -> T:
+        with enqueue_in(sync_target):
+            return send()
+
+    return await target.run_sync(run)
