@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 
@@ -35,6 +37,18 @@ def _session_schemas() -> Iterator[None]:
     yield
     for schema in (BROKER_SCHEMA, RESULT_SCHEMA):
         drop_schema(schema)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _worker_logs(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Worker logs go to one folder per run, removed when every test passed."""
+    folder = tempfile.mkdtemp(prefix=f"roast-jobs-test-{RUN_ID}-")
+    os.environ["ROAST_JOBS_TEST_LOGS"] = folder
+    yield
+    if request.session.testsfailed:
+        print(f"\nworker logs kept in {folder}")
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

@@ -34,7 +34,9 @@ class CeleryWorker:
         self.args = list(args)
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
-        fd, path = tempfile.mkstemp(prefix=f"celery-{name}-", suffix=".log")
+        fd, path = tempfile.mkstemp(
+            prefix=f"celery-{name}-", suffix=".log", dir=os.environ.get("ROAST_JOBS_TEST_LOGS")
+        )
         os.close(fd)
         self.log_path = Path(path)
 

@@ -24,7 +24,7 @@ class BrokerOptions:
     renew_interval: float | None = None
     #: A message claimed this many times without an ack goes to the dead-letter table.
     max_deliveries: int = 5
-    #: Safety-net poll for lost notifications, expired leases and queue keep-alive.
+    #: Safety-net poll for lost notifications and expired leases.
     polling_interval: float = 2.0
     #: Store countdown/eta tasks invisible until due instead of in worker memory.
     native_delay: bool = True
