@@ -141,3 +141,10 @@ def test_a_retrying_job_keeps_its_key(jm: JobManager, worker: CeleryWorker) -> N
         worker.log()[-3000:]
     )
     assert runs(name) == 3 and holders(key) == []
+
+
+def test_a_key_that_looks_like_a_row_number_drops_nothing_else(jm: JobManager) -> None:
+    # Inside the statement, keyless rows are told apart by their position ("1", "2", ...).
+    calls = [TaskCall(args=("n",)), TaskCall(args=("n",), singleton_key="1"), TaskCall(args=("n",))]
+    published = jm.send_many(job_record, calls, queue=new_queue("single-num"))
+    assert [p.created for p in published] == [True, True, True]

@@ -258,8 +258,9 @@ def statements(schema: str) -> Statements:
                 FROM routed r WHERE r.queue IS NOT NULL
             ),
             firsts AS (
-                SELECT DISTINCT ON (k.queue, COALESCE(k.skey, k.ord::text)) k.*
-                FROM keyed k ORDER BY k.queue, COALESCE(k.skey, k.ord::text), k.ord
+                SELECT DISTINCT ON (k.queue, k.skey IS NULL, COALESCE(k.skey, k.ord::text)) k.*
+                FROM keyed k
+                ORDER BY k.queue, k.skey IS NULL, COALESCE(k.skey, k.ord::text), k.ord
             ),
             ins AS (
                 INSERT INTO {s}.message AS m
