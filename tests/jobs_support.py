@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -11,18 +10,11 @@ import pytest
 
 from roast_jobs.jobs import JobManager
 from tests.apps import jobs_app
-from tests.workers import CeleryWorker
+from tests.workers import CeleryWorker, wait_until
+
+__all__ = ["jm", "new_queue", "runs", "start_worker", "wait_until", "worker_fixture"]
 
 T = TypeVar("T")
-
-
-def wait_until(fn: Callable[[], T], timeout: float = 60, every: float = 0.1) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(every)
 
 
 def new_queue(prefix: str = "jq") -> str:

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -40,7 +40,7 @@ from tests.apps.worker_app import (
     tsum,
 )
 from tests.conftest import BROKER_SCHEMA, DATABASE_URL, RESULT_SCHEMA
-from tests.workers import REPO, CeleryWorker
+from tests.workers import REPO, CeleryWorker, wait_until
 
 APP = "tests.apps.worker_app"
 RESULT_TIMEOUT = 90.0  # seconds; waiting only, never asserted on
@@ -48,16 +48,6 @@ T = TypeVar("T")
 
 
 # -- helpers -------------------------------------------------------------------------
-
-
-def wait_until(fn: Callable[[], T], timeout: float = 60.0, every: float = 0.1) -> T:
-    """Poll ``fn`` until it returns something truthy (or the timeout); return its value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(every)
 
 
 def celery_cli(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:

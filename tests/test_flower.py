@@ -10,30 +10,19 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
 from tests.apps.worker_app import add
-from tests.workers import REPO, CeleryWorker
+from tests.workers import REPO, CeleryWorker, wait_until
 
 APP = "tests.apps.worker_app"
 T = TypeVar("T")
-
-
-def wait_until(fn: Callable[[], T], timeout: float = 60.0, every: float = 0.25) -> T:
-    """Poll ``fn`` until it returns something truthy (or the timeout); return its value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(every)
 
 
 def free_port() -> int:

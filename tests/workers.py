@@ -9,10 +9,22 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 REPO = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+def wait_until(fn: Callable[[], T], timeout: float = 60.0, every: float = 0.1) -> T:
+    """Poll ``fn`` until it returns something truthy (or the timeout); return its value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(every)
 
 
 class CeleryWorker:
