@@ -11,31 +11,12 @@ from contextlib import contextmanager
 from types import FrameType
 
 import click
-import psycopg
 
 from roast_jobs import cli_jobs
+from roast_jobs.cli_jobs import check_database
 from roast_jobs.config import Settings, get_settings, override_settings
 
 DEMO_APP = "roast_jobs.tasks.demo"
-
-
-def check_database(url: str) -> None:
-    """Fail with a readable message when ``url`` is not a reachable PostgreSQL."""
-    from roast_jobs.broker.connections import mask_url, split_url
-
-    try:
-        libpq, _ = split_url(url)
-    except ValueError as exc:
-        raise click.ClickException(f"bad DATABASE_URL: {exc}") from None
-    try:
-        with psycopg.connect(libpq, connect_timeout=5) as conn:
-            conn.execute("SELECT 1")
-    except psycopg.Error as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise click.ClickException(
-            f"cannot connect to PostgreSQL at {mask_url(url)}: {reason}\n"
-            "Check DATABASE_URL (postgresql://user:pass@host:5432/db) and that the server runs."
-        ) from None
 
 
 def database_url(settings: Settings) -> str:

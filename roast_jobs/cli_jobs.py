@@ -1,38 +1,165 @@
 """``roast-jobs jobs|dead|maintenance``: the job-state API and dead letters from a shell.
 
-They talk to the database of ``DATABASE_URL`` (schemas from ``ROAST_JOBS_*``), through
-roast-jobs' own Celery app configuration.
+They work on the Celery app given with ``-A/--app`` (as for ``celery -A``: its broker URL,
+transport options and result settings) or else on roast-jobs' own app on ``DATABASE_URL``
+(schemas from ``ROAST_JOBS_*``); ``--schema`` names another broker schema. They create
+nothing: pointed at a broker schema that does not exist, they say so and exit non-zero.
+Every error is one line.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+import psycopg
 
 from roast_jobs.config import get_settings
 
+if TYPE_CHECKING:
+    from celery import Celery
+
 F = TypeVar("F", bound=Callable[..., Any])
 
+# Where -A/--app and --schema are kept: ctx.meta is shared by a group and its commands.
+APP_KEY = "roast_jobs.app"
+SCHEMA_KEY = "roast_jobs.schema"
+TARGET_HINT = "point at the app's broker with -A/--app MODULE[:ATTR] or --schema NAME"
 
-def _app() -> Any:
-    from roast_jobs.tasks.app import make_celery
 
-    return make_celery(get_settings(), main="roast-jobs-cli")
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (psycopg's carry DETAIL and HINT lines)."""
+    text = "; ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
+    return text or type(exc).__name__
+
+
+def check_database(url: str, what: str = "DATABASE_URL") -> None:
+    """Fail at once, in one line, when ``url`` (named ``what``) is not a reachable
+    PostgreSQL: before kombu, which would retry for seconds and then print a traceback."""
+    from roast_jobs.broker.connections import mask_url, split_url
+
+    try:
+        libpq, _ = split_url(url)
+    except ValueError as exc:
+        raise click.ClickException(f"bad {what}: {exc}") from None
+    try:
+        with psycopg.connect(libpq, connect_timeout=5) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise click.ClickException(
+            f"cannot connect to PostgreSQL at {mask_url(url)}: {reason}; check {what} "
+            "(postgresql://user:pass@host:5432/db) and that the server runs"
+        ) from None
+
+
+def load_app(spec: str) -> Celery:
+    """The Celery app named ``spec``, found as ``celery -A`` finds it: ``module:attr``, or
+    ``module`` (its ``app`` or ``celery``, its ``celery`` submodule, or any Celery in it)."""
+    from celery import Celery
+    from celery.app.utils import find_app
+
+    try:
+        found = find_app(spec)
+    except Exception as exc:  # the user's module may raise anything while importing
+        raise click.ClickException(
+            f"cannot load the Celery app {spec!r}: {one_line(exc)}; give -A module or "
+            "module:attr, importable from the current directory"
+        ) from None
+    if not isinstance(found, Celery):
+        raise click.ClickException(
+            f"{spec!r} is a {type(found).__name__}, not a Celery app: give -A module:attr "
+            "naming the app"
+        )
+    return found
+
+
+def _target_app() -> Celery:
+    """The app of -A/--app or roast-jobs' own, with --schema applied; its database checked."""
+    ctx = click.get_current_context()
+    spec: str | None = ctx.meta.get(APP_KEY)
+    schema: str | None = ctx.meta.get(SCHEMA_KEY)
+    if spec:
+        app = load_app(spec)
+        url = app.conf.broker_write_url or app.conf.broker_url
+        if not url:
+            raise click.ClickException(
+                f"the app {spec!r} sets no broker_url: set it to the PostgreSQL of the "
+                "roast-jobs broker (postgresql://user:pass@host:5432/db)"
+            )
+        check_database(str(url), f"the broker_url of {spec!r}")
+    else:
+        settings = get_settings()
+        if not settings.database_url:
+            raise click.ClickException(
+                "DATABASE_URL is not set: point it at the app's PostgreSQL "
+                "(postgresql://user:pass@host:5432/db), or give the Celery app with -A/--app"
+            )
+        check_database(settings.database_url)
+        from roast_jobs.tasks.app import make_celery
+
+        app = make_celery(settings, main="roast-jobs-cli")
+    if schema:
+        # Transport options win over the broker URL's query string.
+        options = dict(app.conf.broker_transport_options or {})
+        app.conf.broker_transport_options = {**options, "schema": schema}
+    return app
 
 
 @contextmanager
-def _manager() -> Iterator[Any]:
-    from roast_jobs.jobs import JobError, JobManager
+def _errors() -> Iterator[None]:
+    """The job API's errors as one-line CLI errors."""
+    from kombu.exceptions import KombuError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from roast_jobs.jobs import JobError
+    from roast_jobs.jobs.link import BrokerSchemaMissing
 
     try:
-        with JobManager(_app()) as manager:
-            yield manager
-    except (JobError, ValueError, TypeError) as exc:
-        raise click.ClickException(str(exc)) from None
+        yield
+    except BrokerSchemaMissing as exc:
+        raise click.ClickException(f"{exc}: {TARGET_HINT}") from None
+    except (JobError, ValueError, TypeError, psycopg.Error, KombuError, SQLAlchemyError) as exc:
+        raise click.ClickException(one_line(exc)) from None
+
+
+@contextmanager
+def _manager(read_only: bool = False) -> Iterator[Any]:
+    """A started JobManager of the target app; its configuration warnings on stderr."""
+    from roast_jobs.jobs import JobManager
+
+    app = _target_app()
+    with _errors():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            jm = JobManager(app).start(create=False)
+        for warning in caught:
+            click.echo(f"warning: {one_line(warning.message)}", err=True)
+        try:
+            if read_only:
+                _skip_missing_results(jm)
+            yield jm
+        finally:
+            jm.stop()
+
+
+def _skip_missing_results(jm: Any) -> None:
+    """With no result table yet, read the broker's tables alone: the result backend would
+    create its schema and tables on first use, and a look must create nothing."""
+    table = jm.link.result_table
+    if table is None:
+        return
+    from roast_jobs.jobs.sql import TABLE_EXISTS
+
+    [(exists,)] = jm.link.fetch(TABLE_EXISTS, table=table)
+    if not exists:
+        # The app's backend is built on first use, after this: start() read only the
+        # configuration, since building a database backend creates its tables.
+        jm.app.conf.result_backend = "disabled"
 
 
 def _echo_json(value: Any) -> None:
@@ -45,7 +172,12 @@ def _json_option(fn: F) -> F:
 
 @click.group()
 def jobs() -> None:
-    """Look at and steer jobs (Celery tasks on the roast-jobs broker) by id."""
+    """Look at and steer jobs (Celery tasks on the roast-jobs broker) by id.
+
+    \b
+    roast-jobs jobs -A proj.celery:app get JOB_ID
+    roast-jobs jobs --schema jobs status
+    """
 
 
 @jobs.command("get")
@@ -53,7 +185,7 @@ def jobs() -> None:
 @_json_option
 def jobs_get(job_id: str, as_json: bool) -> None:
     """A job's state, times, worker, result or error."""
-    with _manager() as jm:
+    with _manager(read_only=True) as jm:
         job = jm.get_job(job_id).as_dict()
     if as_json:
         _echo_json(job)
@@ -70,7 +202,7 @@ def jobs_get(job_id: str, as_json: bool) -> None:
 @_json_option
 def jobs_status(queue: str | None, window: float, as_json: bool) -> None:
     """Per queue: waiting, scheduled, active, dead letters, oldest wait, done, failed."""
-    with _manager() as jm:
+    with _manager(read_only=True) as jm:
         status = jm.get_queue_status(queue, window_seconds=window)
     if as_json:
         _echo_json({name: s.as_dict() for name, s in status.items()})
@@ -110,13 +242,17 @@ def dead() -> None:
 
 @contextmanager
 def _dead_letters() -> Iterator[Any]:
-    from roast_jobs.jobs import DeadLetters, JobError
+    from roast_jobs.jobs import DeadLetters
+    from roast_jobs.jobs.link import BrokerLink
 
-    try:
-        with _manager() as jm:
-            yield DeadLetters(jm.link)
-    except (JobError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
+    app = _target_app()
+    with _errors():
+        # Dead letters are broker rows: the app's result settings do not matter here.
+        link = BrokerLink(app, create=False)
+        try:
+            yield DeadLetters(link)
+        finally:
+            link.close()
 
 
 @dead.command("list")
@@ -160,13 +296,18 @@ def _selection(ids: tuple[int, ...], all_: bool) -> None:
 @click.option("--all", "all_", is_flag=True, help="Every dead letter (of --queue).")
 @click.option("--queue", "-Q", default=None)
 def dead_redrive(ids: tuple[int, ...], all_: bool, queue: str | None) -> None:
-    """Send dead letters back to their queues."""
+    """Send dead letters back to their queues. One per singleton key goes; the others, and
+    those whose key a live job holds, are held back (listed, with why)."""
     _selection(ids, all_)
     with _dead_letters() as dl:
         moved = dl.redrive(list(ids), queue=queue, all=all_)
     for message_id, to_queue, task_id in moved:
         click.echo(f"redriven to {to_queue} as message {message_id} (task {task_id or '-'})")
-    click.echo(f"{len(moved)} redriven")
+    for held in moved.held:
+        click.echo(
+            f"held back dead letter {held.dead_id} (task {held.task_id or '-'}): {held.reason}"
+        )
+    click.echo(f"{len(moved)} redriven, {len(moved.held)} held back")
 
 
 @dead.command("purge")
@@ -207,6 +348,38 @@ def maintenance_run(as_json: bool) -> None:
         click.echo(f"{key:>22}: {value}")
 
 
+def _remember(key: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    def store(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is not None:  # a command's own option wins over its group's
+            ctx.meta[key] = value
+        return value
+
+    return store
+
+
+def _target_options() -> list[click.Parameter]:
+    return [
+        click.Option(
+            ["-A", "--app"],
+            metavar="MODULE[:ATTR]",
+            expose_value=False,
+            callback=_remember(APP_KEY),
+            help="The Celery app, as for celery -A: its broker and result settings "
+            "[default: roast-jobs' own app on DATABASE_URL].",
+        ),
+        click.Option(
+            ["--schema"],
+            metavar="NAME",
+            expose_value=False,
+            callback=_remember(SCHEMA_KEY),
+            help="The broker schema [default: the app's transport option 'schema'].",
+        ),
+    ]
+
+
 def register(cli: click.Group) -> None:
     for group in (jobs, dead, maintenance):
+        # Before or after the command name: `jobs -A proj get ID` and `jobs get ID -A proj`.
+        for command in (group, *group.commands.values()):
+            command.params.extend(_target_options())
         cli.add_command(group)

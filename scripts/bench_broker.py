@@ -174,21 +174,32 @@ class RecordFile:
 
 
 class Worker:
-    """One real ``celery worker -P prefork -c 2`` subprocess, in its own process group."""
+    """One real ``celery worker -P prefork -c 2`` subprocess (or ``concurrency`` and
+    ``extra`` options), in its own process group."""
 
-    def __init__(self, broker: Broker, record: Path, log: Path, name: str) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        record: Path,
+        log: Path,
+        name: str,
+        concurrency: int = 2,
+        extra: tuple[str, ...] = (),
+    ) -> None:
         self.broker = broker
         self.record = record
         self.log_path = log
         self.name = name
+        self.concurrency = concurrency
+        self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Worker:
         cmd = [
             sys.executable, "-m", "celery", "-A", "bench_broker", "worker",
-            "-P", "prefork", "-c", "2", "-l", "WARNING", "-Q", TASK_QUEUE,
+            "-P", "prefork", "-c", str(self.concurrency), "-l", "WARNING", "-Q", TASK_QUEUE,
             "-n", f"{self.name}@%h", "--without-gossip", "--without-mingle",
-            "--without-heartbeat",
+            "--without-heartbeat", *self.extra,
         ]  # fmt: skip
         path = os.pathsep.join(p for p in (str(SCRIPTS), os.environ.get("PYTHONPATH")) if p)
         env = {
@@ -432,6 +443,8 @@ class Result:
     raw_publish_rate: float | None = None
     raw_consume_rate: float | None = None
     raw_consumed: int = 0
+    #: Prefetch-1 burn-downs by concurrency: (tasks ran, first start to last end).
+    prefetch1: dict[int, tuple[int, float]] = field(default_factory=dict)
     bulk_rate: float | None = None
     tx_rate: float | None = None
     tx_batch_rate: float | None = None
@@ -512,6 +525,39 @@ def burn_down(
         res.burn_leftover = broker.leftover()
         if res.burn_leftover:
             res.errors.append(f"burn-down: {res.burn_leftover} message(s) left in the broker")
+
+
+def prefetch_one_burn(
+    broker: Broker,
+    app: Celery,
+    n: int,
+    concurrency: int,
+    stem: Path,
+    records: RecordFile,
+    timeout: float,
+    res: Result,
+) -> None:
+    """N queued tasks, then a worker with ``--prefetch-multiplier 1`` (Celery's advice for
+    long tasks): how fast a freed slot gets the next task."""
+    tag = f"p1c{concurrency}"
+    task = app.tasks[TASK_NAME]
+    for i in range(n):
+        task.delay(i, tag)
+    worker = Worker(
+        broker, records.path, stem.with_suffix(f".{tag}.log"), f"bench-{tag}",
+        concurrency=concurrency, extra=("--prefetch-multiplier", "1"),
+    )  # fmt: skip
+    worker.start()
+    try:
+        wait_for(lambda: records.unique(tag) >= n, timeout, worker)
+    finally:
+        worker.stop()
+    recs = records.records(tag)
+    done = len({r.seq for r in recs})
+    span = max(r.end for r in recs) - min(r.start for r in recs) if len(recs) >= 2 else 0.0
+    res.prefetch1[concurrency] = (done, span)
+    if done < n:
+        res.notes.append(f"prefetch-1 -c {concurrency}: {done}/{n} ran in {timeout:.0f}s")
 
 
 def pickup_latency(
@@ -659,8 +705,19 @@ def run_broker(broker: Broker, args: argparse.Namespace, workdir: Path, round_: 
                     broker, app, args.latency_samples, stem, records, args.phase_timeout, res
                 ),
             ),
+            *(
+                (
+                    f"prefetch-1 burn-down -c {c}",
+                    lambda c=c: prefetch_one_burn(
+                        broker, app, args.prefetch1_tasks, c, stem, records,
+                        args.phase_timeout, res,
+                    ),
+                )
+                for c in (1, 2)
+                if args.prefetch1_tasks
+            ),
             ("raw kombu", lambda: raw_kombu(broker, args.raw_messages, args.phase_timeout, res)),
-        ]
+        ]  # fmt: skip
         if broker.key == "roast-jobs" and args.bulk:
             steps.append(
                 ("job features", lambda: job_features(app, broker, args.bulk, args.tx, res))
@@ -760,6 +817,14 @@ def machine_info(args: argparse.Namespace) -> list[str]:
     return lines
 
 
+def fmt_prefetch1(r: Result, concurrency: int) -> str:
+    done, span = r.prefetch1.get(concurrency, (0, 0.0))
+    if not done:
+        return "-"
+    rate = fmt_rate(done / span) if span > 0 else "-"
+    return f"{rate} ({done} in {span:.2f}s)"
+
+
 def fmt_rate(x: float | None) -> str:
     return "-" if x is None else f"{x:,.0f}"
 
@@ -800,6 +865,8 @@ def results_table(
         row("burn-down, prefork -c 2, acks_late (tasks/s)", burn_cell),
         row("burn-down: tasks ran / queued, first start to last end", lambda r: (
             f"{r.burn_done:.0f}/{args.tasks} in {r.burn_span:.2f}s" if r.burn_target else "-")),
+        *(row(f"burn-down, prefork -c {c}, prefetch 1, x {args.prefetch1_tasks} (tasks/s)",
+              lambda r, c=c: fmt_prefetch1(r, c)) for c in (1, 2)),
         row(f"pickup latency p50, idle worker, {args.latency_samples} sends (ms)",
             lambda r: fmt_ms(r.lat_p50)),
         row("pickup latency p99 (ms)", lambda r: fmt_ms(r.lat_p99)),
@@ -867,6 +934,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--tasks", type=int, default=5000, help="N for enqueue and burn-down")
     p.add_argument("--latency-samples", type=int, default=200)
+    p.add_argument(
+        "--prefetch1-tasks",
+        type=int,
+        default=100,
+        help="N for the prefetch-1 burn-downs (-c 1 and -c 2); 0 skips them",
+    )
     p.add_argument("--raw-messages", type=int, default=5000, help="N for raw kombu")
     p.add_argument(
         "--bulk",
@@ -963,9 +1036,12 @@ def combine(rounds: list[Result], notes: list[str]) -> Result:
     for f in fields(Result):
         if f.name in ("errors", "notes"):
             continue
-        if f.name.startswith("rss_") or f.name == "burn_dups":
+        if f.name.startswith("rss_") or f.name in ("burn_dups", "prefetch1"):
             continue
         setattr(out, f.name, med(f.name))
+    for c in {c for r in rounds for c in r.prefetch1}:
+        runs_c = [r.prefetch1[c] for r in rounds if c in r.prefetch1]
+        out.prefetch1[c] = (min(d for d, _ in runs_c), statistics.median(s for _, s in runs_c))
     peak = max(rounds, key=lambda r: r.rss_peak)
     out.rss_peak, out.rss_main, out.rss_children = peak.rss_peak, peak.rss_main, peak.rss_children
     out.burn_dups = sum(r.burn_dups for r in rounds)

@@ -60,10 +60,13 @@ def db() -> Iterator[psycopg.Connection]:
 @pytest.fixture
 def schema() -> Iterator[str]:
     """A broker schema of its own for one test."""
+    from roast_jobs.broker.connections import close_pools
     from roast_jobs.broker.maintenance import forget_schema
 
     name = f"rjt_{RUN_ID}_{uuid.uuid4().hex[:6]}"
     yield name
+    # Pools are per process and broker: one per test would pile up idle sessions.
+    close_pools(name)
     drop_schema(name)
     forget_schema(name)
 

@@ -39,12 +39,8 @@ def test_expired_lease_makes_message_claimable_again(schema: str) -> None:
         assert again is not None and again.payload == "job"
         assert again.delivery_info["redelivered"]
         again.ack()
-        # The old holder's late ack must not delete a message it no longer owns.
-        publish(survivor, "work", "job2")
-        stolen = wait_for(lambda: other.basic_get("work"))
-        held.ack()
-        stolen.reject(requeue=True)
-        assert other.basic_get("work").payload == "job2"
+        # A late ack of the first holder: test_broker_acks.py.
+        assert other.basic_get("work") is None
     finally:
         survivor.release()
         crashed.release()

@@ -11,11 +11,9 @@ import base64
 import contextlib
 import json
 import os
-import pwd
 import random
 import shutil
 import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -30,6 +28,7 @@ import pytest
 from celery import Celery
 
 from roast_jobs.config import Settings
+from roast_jobs.embedded import RunAs, candidate_bindirs, current_runner
 from roast_jobs.tasks.app import make_celery
 from tests.apps.chaos_app import POISON, RUNS_TABLE, WORK, ensure_runs_table
 from tests.conftest import DATABASE_URL, RESULT_SCHEMA, RUN_ID
@@ -459,21 +458,23 @@ def test_terminated_backends_lose_no_task(chaos: Chaos, workers: list[CeleryWork
 # -- 4. PostgreSQL restarted under a running worker ------------------------------------
 
 
-def find_pg_bindir() -> Path | None:
-    candidates: list[Path] = []
-    pg_config = shutil.which("pg_config")
-    if pg_config:
-        out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True)
-        if out.returncode == 0:
-            candidates.append(Path(out.stdout.strip()))
-    pg_ctl = shutil.which("pg_ctl")
-    if pg_ctl:
-        candidates.append(Path(pg_ctl).resolve().parent)
-    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
-    for path in candidates:
-        if (path / "initdb").is_file() and (path / "pg_ctl").is_file():
+def find_pg_bindir(runner: RunAs) -> Path:
+    """initdb, pg_ctl and postgres, found as ``roast_jobs.embedded`` finds them: pgserver's
+    (installed by the ``dev`` extra) first, then a local install. None that runs means a
+    broken environment: the test fails, it does not skip."""
+    tried: list[str] = []
+    for path in candidate_bindirs():
+        if not all((path / tool).is_file() for tool in ("initdb", "pg_ctl", "postgres")):
+            tried.append(f"{path}: no initdb/pg_ctl/postgres")
+            continue
+        proc = runner.run([str(path / "postgres"), "--version"], timeout=30)
+        if proc.returncode == 0:
             return path
-    return None
+        tried.append(f"{path}: {proc.stdout.strip()}")
+    pytest.fail(
+        f"no PostgreSQL binaries that run as {runner.name} (pip install -e '.[dev]' "
+        "installs pgserver's):\n  " + "\n  ".join(tried or ["none found"])
+    )
 
 
 def free_port() -> int:
@@ -489,7 +490,7 @@ class Postgres:
     bindir: Path
     home: Path
     port: int
-    user: str | None  # run the binaries as this user (we are root), else as ourselves
+    runner: RunAs  # as root, an unprivileged user: PostgreSQL refuses to run as root
 
     @property
     def data(self) -> Path:
@@ -501,13 +502,11 @@ class Postgres:
 
     def run(self, tool: str, *args: str, timeout: float = 120) -> None:
         cmd = [str(self.bindir / tool), *args]
-        if self.user:
-            cmd = ["runuser", "-u", self.user, "--", *cmd]
-        out = subprocess.run(cmd, cwd=self.home, capture_output=True, text=True, timeout=timeout)
+        out = self.runner.run(cmd, timeout=timeout)
         if out.returncode != 0:
             log = self.home / "server.log"
             tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
-            raise RuntimeError(f"{cmd} failed: {out.stdout}{out.stderr}\n{tail}")
+            raise RuntimeError(f"{cmd} failed (as {self.runner.name}): {out.stdout}\n{tail}")
 
     def ctl(self, *args: str) -> None:
         self.run("pg_ctl", "-D", str(self.data), "-l", str(self.home / "server.log"), *args)
@@ -515,21 +514,12 @@ class Postgres:
 
 @pytest.fixture
 def throwaway_pg() -> Iterator[Postgres]:
-    bindir = find_pg_bindir()
-    if bindir is None:
-        pytest.skip("no initdb/pg_ctl binaries found (pg_config, PATH, /usr/lib/postgresql)")
-    user = None
+    runner = current_runner()
+    bindir = find_pg_bindir(runner)
     home = Path(tempfile.mkdtemp(prefix="roast-jobs-chaos-pg-"))
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        if shutil.which("runuser") is None:
-            pytest.skip("running as root and no runuser to drop privileges")
-        user = "postgres"
-        try:
-            entry = pwd.getpwnam(user)
-        except KeyError:
-            user, entry = "nobody", pwd.getpwnam("nobody")
-        os.chown(home, entry.pw_uid, entry.pw_gid)
-    pg = Postgres(bindir, home, free_port(), user)
+    if runner.uid is not None and runner.gid is not None:
+        os.chown(home, runner.uid, runner.gid)
+    pg = Postgres(bindir, home, free_port(), runner)
     try:
         pg.run(
             "initdb",
@@ -551,7 +541,7 @@ def throwaway_pg() -> Iterator[Postgres]:
                 # A killed server process loses nothing the OS already has: skip fsyncs.
                 "fsync = off\n"
             )
-        pg.ctl("-w", "-t", "60", "start")
+        pg.ctl("-w", "-t", "60", "start")  # a server that cannot start fails the test
         yield pg
     finally:
         with contextlib.suppress(Exception):

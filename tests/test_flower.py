@@ -37,7 +37,10 @@ class Flower:
     def __init__(self) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        fd, path = tempfile.mkstemp(prefix="flower-", suffix=".log")
+        # With the workers' logs: kept when a test failed, removed with them otherwise.
+        fd, path = tempfile.mkstemp(
+            prefix="flower-", suffix=".log", dir=os.environ.get("ROAST_JOBS_TEST_LOGS")
+        )
         os.close(fd)
         self.log_path = Path(path)
         self.proc: subprocess.Popen[bytes] | None = None

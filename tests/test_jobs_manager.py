@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import uuid
+from datetime import UTC, datetime, timedelta
 
+import psutil
+import psycopg
 import pytest
 
 from roast_jobs.jobs import InvalidTransition, JobManager, JobNotFound, JobState
@@ -16,8 +22,9 @@ from tests.apps.jobs_app import (
     job_reject,
     record_run,
 )
+from tests.conftest import BROKER_SCHEMA, DATABASE_URL
 from tests.jobs_support import jm, new_queue, runs, wait_until, worker_fixture
-from tests.workers import CeleryWorker
+from tests.workers import REPO, CeleryWorker
 
 __all__ = ["jm"]
 
@@ -36,6 +43,39 @@ def state_of(jm: JobManager, job_id: str, want: JobState, timeout: float = 60) -
     return wait_until(lambda: jm.get_job(job_id).state == want, timeout=timeout) and want
 
 
+def broker_rows(job_id: str) -> int:
+    with psycopg.connect(DATABASE_URL, autocommit=True) as c:
+        sql = f'SELECT count(*) FROM "{BROKER_SCHEMA}".message WHERE task_id = %s'
+        return c.execute(sql, (job_id,)).fetchone()[0]
+
+
+def running_pid(worker: CeleryWorker, job_id: str) -> int | None:
+    """The pid of the pool process running ``job_id``, as the worker reports it; None while
+    it does not (``inspect`` replies within 1 s or not at all: callers ask again)."""
+    cp = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "tests.apps.jobs_app", "inspect", "active",
+         "-d", worker.hostname, "--json"],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    if cp.returncode != 0:
+        return None
+    try:
+        replies = json.loads(cp.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+    for request in replies.get(worker.hostname) or []:
+        if request.get("id") == job_id:
+            return int(request["worker_pid"])
+    return None
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 # -- states ----------------------------------------------------------------------------
 
 
@@ -49,11 +89,17 @@ def test_waiting_job_is_created_with_its_details(jm: JobManager) -> None:
 
 
 def test_delayed_job_is_scheduled_until_its_time(jm: JobManager) -> None:
+    before = datetime.now(UTC)
     job_id = jm.send(job_record, {"label": "s"}, queue=IDLE, countdown=600)
+    after = datetime.now(UTC)
     job = jm.get_job(job_id)
     assert job.state is JobState.SCHEDULED
     assert job.run_at is not None and job.created_at is not None
-    assert 590 < (job.run_at - job.created_at).total_seconds() < 610
+    # Due 600 s after the send, whenever within [before, after] the send happened (one
+    # host clock; 1 ms for PostgreSQL's microsecond rounding). No window to meet.
+    ms = timedelta(milliseconds=1)
+    assert before - ms <= job.created_at <= after + ms
+    assert before + timedelta(seconds=600) - ms <= job.run_at <= after + timedelta(seconds=600) + ms
 
 
 def test_running_job_is_active_then_completed(jm: JobManager, worker: CeleryWorker) -> None:
@@ -106,7 +152,7 @@ def test_rejected_job_is_a_dead_letter_and_retry_redrives_it(
 
 def test_expired_job_is_expired(jm: JobManager) -> None:
     job_id = jm.send(job_record, {"label": "x"}, queue=IDLE, expires=0.2)
-    assert state_of(jm, job_id, JobState.EXPIRED, timeout=10)
+    assert state_of(jm, job_id, JobState.EXPIRED)  # eventually; nobody consumes IDLE
     with pytest.raises(InvalidTransition):
         jm.cancel_job(job_id)
 
@@ -128,10 +174,21 @@ def test_cancel_running_job_with_terminate(jm: JobManager, worker: CeleryWorker)
     name = label()
     job_id = jm.send(job_hold, {"label": name}, queue=WORKED)
     assert state_of(jm, job_id, JobState.ACTIVE), worker.log()[-2000:]
+    pid = wait_until(lambda: running_pid(worker, job_id), timeout=90, every=0.5)
+    assert pid, worker.log()[-2000:]
     jm.cancel_job(job_id, terminate=True)
     assert state_of(jm, job_id, JobState.CANCELLED), worker.log()[-3000:]
-    # The process running it was killed: it never got to return.
-    assert jm.get_job(job_id).result != "released"
+    # The process running it was killed (the manager records CANCELLED itself, so the
+    # state alone would pass even if nothing was killed).
+    assert wait_until(lambda: gone(pid), timeout=60), worker.log()[-3000:]
+    assert f"Terminating {job_id}" in worker.log()
+    # Released now, it cannot return "released": the process is dead, and the message is
+    # settled (no row left: any later run would have been recorded before its ack).
+    record_run(None, f"release:{name}")
+    assert wait_until(lambda: broker_rows(job_id) == 0, timeout=60), worker.log()[-3000:]
+    assert runs(name) == 1
+    job = jm.get_job(job_id)
+    assert job.state is JobState.CANCELLED and job.result != "released"
 
 
 def test_cancel_finished_job_is_refused(jm: JobManager, worker: CeleryWorker) -> None:
@@ -201,12 +258,21 @@ def test_bad_send_arguments_are_refused(jm: JobManager) -> None:
 
 def test_queue_status_counts_each_state(jm: JobManager, worker: CeleryWorker) -> None:
     queue = new_queue("jm-status")
-    for _ in range(3):
-        jm.send(job_record, {"label": "q"}, queue=queue)
+    waiting = [jm.send(job_record, {"label": "q"}, queue=queue) for _ in range(3)]
     jm.send(job_record, {"label": "q"}, queue=queue, countdown=300)
+    oldest = jm.get_job(waiting[0]).created_at
+    assert oldest is not None
+    before = datetime.now(UTC)
     status = jm.get_queue_status(queue)[queue]
+    after = datetime.now(UTC)
     assert (status.waiting, status.scheduled, status.active, status.dead_letter) == (3, 1, 0, 0)
-    assert status.oldest_waiting_seconds is not None and status.oldest_waiting_seconds >= 0
+    # The age of the first job sent, as of the moment the status was read (between
+    # ``before`` and ``after``; 1 ms for PostgreSQL's rounding): not just "some number".
+    age = status.oldest_waiting_seconds
+    assert age is not None
+    assert (
+        (before - oldest).total_seconds() - 0.001 <= age <= (after - oldest).total_seconds() + 0.001
+    )
     done = [jm.send(job_record, {"label": "q"}, queue=WORKED) for _ in range(2)]
     failed = jm.send(job_fail, {"label": label()}, queue=WORKED)
     for job_id in done:

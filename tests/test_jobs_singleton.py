@@ -129,18 +129,36 @@ def test_bulk_keeps_one_per_key(jm: JobManager) -> None:
 
 def test_a_retrying_job_keeps_its_key(jm: JobManager, worker: CeleryWorker) -> None:
     key, name = uuid.uuid4().hex, uuid.uuid4().hex
-    # Fails twice, retried after 0.2 s each time, then succeeds: the key is held throughout.
+    # Fails once and waits an hour for its retry: it stays in the retry state for as long
+    # as the checks take, however slow the machine (no window to hit).
     first = jm.send(
-        job_flaky, {"label": name, "fails": 2}, queue=QUEUE, singleton_key=key, retry_delay=3
+        job_flaky, {"label": name, "fails": 1}, queue=QUEUE, singleton_key=key, retry_delay=3600
     )
-    assert wait_until(lambda: jm.get_job(first).state is JobState.RETRY, timeout=30)
+    assert wait_until(lambda: jm.get_job(first).state is JobState.RETRY, timeout=60), worker.log()[
+        -3000:
+    ]
+    # The retry replaced the held row: one row, the job's, still holding the key.
     assert holders(key) == [(QUEUE, first)]
     again = jm.send(job_flaky, {"label": name, "fails": 0}, queue=QUEUE, singleton_key=key)
     assert (again, again.created) == (first, False)
+    assert jm.get_job(first).state is JobState.RETRY  # the checks above ran during the wait
+    jm.cancel_job(first)  # the waiting retry goes, and the key with it
+    assert holders(key) == [] and runs(name) == 1
+
+
+def test_a_job_that_retries_runs_to_completion_and_frees_its_key(
+    jm: JobManager, worker: CeleryWorker
+) -> None:
+    key, name = uuid.uuid4().hex, uuid.uuid4().hex
+    # Fails twice, retried after 0.2 s each time, then succeeds: a retry that clashed with
+    # its own key would be dropped, and the job would never complete.
+    first = jm.send(job_flaky, {"label": name, "fails": 2}, queue=QUEUE, singleton_key=key)
     assert wait_until(lambda: jm.get_job(first).state is JobState.COMPLETED, timeout=60), (
         worker.log()[-3000:]
     )
-    assert runs(name) == 3 and holders(key) == []
+    assert runs(name) == 3 and jm.get_job(first).retry_count == 2
+    assert wait_until(lambda: holders(key) == [], timeout=30)  # acked: the key is free
+    assert jm.send(job_record, {"label": name}, queue=QUEUE, singleton_key=key).created
 
 
 def test_a_key_that_looks_like_a_row_number_drops_nothing_else(jm: JobManager) -> None:

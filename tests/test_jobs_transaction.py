@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import select
-import time
 import uuid
 
 import psycopg
@@ -43,6 +41,25 @@ def rows_for(task_ids: list[str]) -> int:
         ).fetchone()[0]
 
 
+def barrier(worker: CeleryWorker) -> None:
+    """Send a task after the ones under test, outside any transaction, and wait until the
+    worker ran it and acked it. Claims go by priority, then in send order: by then the
+    worker has claimed every same-priority message of the queue that it could see before.
+    No sleep: an order, not a duration, says the worker had its chance."""
+    label = uuid.uuid4().hex
+    sent = job_record.apply_async((label,), queue=QUEUE)
+    assert wait_until(lambda: runs(label) == 1, timeout=60), worker.log()[-2000:]
+    assert wait_until(lambda: rows_for([sent.id]) == 0, timeout=60), worker.log()[-2000:]
+
+
+def assert_never_visible(task_ids: list[str], label: str) -> None:
+    """No row and no run. In this order: a message that got out (committed) has a row from
+    its send until its ack, and its run is recorded before that ack; so either its row is
+    seen here or its run is seen just after, however the timing falls."""
+    assert rows_for(task_ids) == 0
+    assert runs(label) == 0
+
+
 def test_session_commit_delivers_and_worker_sees_nothing_before(
     jm: JobManager, worker: CeleryWorker
 ) -> None:
@@ -51,11 +68,12 @@ def test_session_commit_delivers_and_worker_sees_nothing_before(
         session.execute(text("SELECT 1"))  # the app's own writes would be here
         with enqueue_in(session):
             result = job_record.apply_async((name,), queue=QUEUE)
-        assert rows_for([result.id]) == 0  # invisible outside the transaction
-        time.sleep(1.5)  # a worker polling or listening has had every chance
-        assert runs(name) == 0
+        barrier(worker)  # sent and run after it, while the transaction is still open
+        assert_never_visible([result.id], name)  # invisible outside the transaction
     assert wait_until(lambda: runs(name) == 1, timeout=30), worker.log()[-2000:]
     assert wait_until(lambda: jm.get_job(result.id).state is JobState.COMPLETED)
+    assert wait_until(lambda: rows_for([result.id]) == 0)  # acked: it runs no more
+    assert runs(name) == 1
 
 
 def test_session_rollback_leaves_no_trace(jm: JobManager, worker: CeleryWorker) -> None:
@@ -67,11 +85,12 @@ def test_session_rollback_leaves_no_trace(jm: JobManager, worker: CeleryWorker) 
             many = jm.send_many(job_record, [(name,)] * 100, queue=QUEUE)
         session.rollback()
     ids = [result.id, *(p.task_id for p in many)]
-    assert rows_for(ids) == 0
-    time.sleep(1.0)
-    assert runs(name) == 0
-    with pytest.raises(JobNotFound):
-        jm.get_job(result.id)
+    assert len(set(ids)) == 101
+    barrier(worker)
+    assert_never_visible(ids, name)
+    for job_id in (result.id, many[0].task_id, many[-1].task_id):
+        with pytest.raises(JobNotFound):
+            jm.get_job(job_id)
 
 
 def test_error_in_the_block_rolls_back_with_the_transaction(jm: JobManager) -> None:
@@ -83,16 +102,28 @@ def test_error_in_the_block_rolls_back_with_the_transaction(jm: JobManager) -> N
 
 
 def test_workers_are_woken_at_commit_not_before() -> None:
+    queue = f"tx-nobody-{uuid.uuid4().hex[:8]}"
+    marker = f"marker-{uuid.uuid4().hex[:8]}"
     with psycopg.connect(DATABASE_URL, autocommit=True) as listener:
         listener.execute(f'LISTEN "{BROKER_SCHEMA}"')
         with psycopg.connect(DATABASE_URL) as app_conn:
             with enqueue_in(app_conn):
-                job_record.apply_async(("woken",), queue="tx-nobody")
-            assert not select.select([listener.fileno()], [], [], 0.5)[0]
-            assert not list(listener.notifies(timeout=0.1))
+                job_record.apply_async(("woken",), queue=queue)
+            # A notification committed after the send and before the commit: the wake-up
+            # of the send must come after it, not before.
+            with psycopg.connect(DATABASE_URL, autocommit=True) as other:
+                other.execute("SELECT pg_notify(%s, %s)", (BROKER_SCHEMA, marker))
             app_conn.commit()
-        notes = list(listener.notifies(timeout=5, stop_after=1))
-    assert [n.payload for n in notes] == ["tx-nobody"]
+
+        def ours() -> list[str]:
+            return [n.payload for n in got if n.payload in (marker, queue)]
+
+        got: list[psycopg.Notify] = []
+        for note in listener.notifies(timeout=60):  # stops as soon as both are in
+            got.append(note)
+            if len(ours()) == 2:
+                break
+    assert ours() == [marker, queue]
 
 
 def test_manager_send_and_bulk_join_a_psycopg_transaction(
@@ -133,22 +164,23 @@ def test_enqueue_in_refuses_what_is_not_a_connection() -> None:
         job_record.apply_async(("x",), queue=QUEUE)
 
 
-def test_async_session_commit_and_rollback(worker: CeleryWorker) -> None:
+def test_async_session_commit_and_rollback(jm: JobManager, worker: CeleryWorker) -> None:
     from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
-    name = uuid.uuid4().hex
+    # One label each: a run of the rolled-back job cannot pass for the committed one's.
+    kept_label, dropped_label = uuid.uuid4().hex, uuid.uuid4().hex
 
     async def scenario() -> tuple[str, str]:
         engine = create_async_engine(sqlalchemy_url(DATABASE_URL))
         try:
             async with AsyncSession(engine) as session, session.begin():
                 kept = await enqueue_in_async(
-                    session, lambda: job_record.apply_async((name,), queue=QUEUE).id
+                    session, lambda: job_record.apply_async((kept_label,), queue=QUEUE).id
                 )
             async with AsyncSession(engine) as session:
                 await session.begin()
                 dropped = await enqueue_in_async(
-                    session, lambda: job_record.apply_async((name,), queue=QUEUE).id
+                    session, lambda: job_record.apply_async((dropped_label,), queue=QUEUE).id
                 )
                 await session.rollback()
         finally:
@@ -156,6 +188,11 @@ def test_async_session_commit_and_rollback(worker: CeleryWorker) -> None:
         return kept, dropped
 
     kept, dropped = asyncio.run(scenario())
-    assert rows_for([dropped]) == 0
-    assert wait_until(lambda: runs(name) == 1, timeout=30), worker.log()[-2000:]
+    assert kept != dropped
+    assert wait_until(lambda: runs(kept_label) == 1, timeout=30), worker.log()[-2000:]
     assert wait_until(lambda: rows_for([kept]) == 0)  # ran and acked
+    barrier(worker)  # sent after both: the worker has claimed everything visible before it
+    assert_never_visible([dropped], dropped_label)
+    with pytest.raises(JobNotFound):
+        jm.get_job(dropped)
+    assert runs(kept_label) == 1

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 from kombu.transport import virtual
 from kombu.transport.base import to_rabbitmq_queue_arguments
 
+from .acks import AckOutbox
 from .capture import PsycopgSink, Published, Row, Sink, current_target
 from .connections import CONNECTION_ERRORS
-from .payload import BadPayload, decode, envelope
+from .payload import BadPayload, decode, delivery_tag, envelope, split_tags
 from .sql import PRIORITIES
 from .writer import MessageWriter
 
@@ -34,8 +35,8 @@ class QoS(virtual.QoS):
 
     channel: Channel
 
-    def held(self) -> list[int]:
-        """Delivery tags (row ids) this channel holds unacked right now."""
+    def held(self) -> list[str]:
+        """Delivery tags this channel holds unacked right now."""
         for _ in range(3):
             try:
                 dirty = self._dirty
@@ -49,8 +50,6 @@ class QoS(virtual.QoS):
         self._quick_ack(delivery_tag)
 
     def restore_unacked(self) -> list[Any]:
-        if os.getpid() == self.channel.pid:
-            self.channel.flush_acks()
         self._flush()
         tags = list(self._delivered)
         self._delivered.clear()
@@ -81,15 +80,16 @@ class Channel(virtual.Channel):
         self.pid = os.getpid()
         self.owner = f"{socket.gethostname()}/{self.pid}/{uuid.uuid4().hex[:8]}"
         self._noack_queues: set[str] = set()
-        self._auto_delete: set[str] = set()
+        #: This channel's consumers as the ``consumer`` table names them, by queue.
+        self._registered: dict[str, str] = {}
         #: Queues with x-expires: name -> seconds; touched well before they could expire.
         self._expiring: dict[str, float] = {}
         self._last_touch = 0.0
         #: Set when a notification, a full batch or a timer says messages may be waiting.
         self.maybe_more = True
-        #: Acks made inside the worker's event loop, sent with the next claim (same tick).
-        self._pending_acks: list[Any] = []
-        self._acks_lock = threading.Lock()
+        #: Acks not yet durable, shared by the process's channels of this broker.
+        self.acks: AckOutbox = connection.outbox
+        self._registry_lock = threading.Lock()
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -132,14 +132,17 @@ class Channel(virtual.Channel):
         else:
             # The hot path: one autocommit statement on the durable pool.
             with self.transport.pool.connection() as conn:
-                MessageWriter(self.transport).insert_one(
-                    Row(exchange, routing_key, env), PsycopgSink(conn)
-                )
+                self.writer.insert_one(Row(exchange, routing_key, env), PsycopgSink(conn))
+
+    @property
+    def writer(self) -> MessageWriter:
+        t = self.transport
+        return MessageWriter(t.sql, t.pool, t.notify_channel)
 
     def write_rows(self, rows: Iterable[Row], sink: Sink | None) -> list[Published]:
         """Write ``rows`` in the caller's transaction (``sink``) or on the durable pool;
         what became of each, in order."""
-        return MessageWriter(self.transport).write(rows, sink)
+        return self.writer.write(rows, sink)
 
     # -- queues, exchanges, bindings -------------------------------------------------
 
@@ -155,8 +158,6 @@ class Channel(virtual.Channel):
             expires=float(expires) / 1000 if expires is not None else None,
             auto_delete=auto_delete,
         )
-        if auto_delete:
-            self._auto_delete.add(queue)
         if expires is not None:
             self._expiring[queue] = float(expires) / 1000
 
@@ -180,7 +181,7 @@ class Channel(virtual.Channel):
             return
         self._run(self.sql.delete_queue, queue=queue)
         self.state.queue_bindings_delete(queue)
-        self._auto_delete.discard(queue)
+        self._registered.pop(queue, None)
         self._expiring.pop(queue, None)
 
     def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
@@ -219,19 +220,48 @@ class Channel(virtual.Channel):
         if no_ack:
             self._noack_queues.add(queue)
         super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
+        if queue not in self._registered:
+            consumer = f"{self.owner}/{consumer_tag}"
+            self._run(
+                self.sql.add_consumer,
+                queue=queue,
+                consumer=consumer,
+                ttl=self.transport.options.consumer_ttl,
+            )
+            with self._registry_lock:
+                self._registered[queue] = consumer
         self.maybe_more = True
         self.transport.on_consume(self)
 
     def basic_cancel(self, consumer_tag: str) -> None:
         queue = self._tag_to_queue.get(consumer_tag)
         super().basic_cancel(consumer_tag)
-        if queue is not None and queue not in self._active_queues:
-            self._noack_queues.discard(queue)
-            if queue in self._auto_delete and not self.closed_for_fork:
-                try:
-                    self.queue_delete(queue)
-                except Exception as exc:
-                    logger.debug("auto-delete of %s failed: %r", queue, exc)
+        if queue is None or queue in self._active_queues:
+            return
+        self._noack_queues.discard(queue)
+        with self._registry_lock:
+            consumer = self._registered.pop(queue, None)
+        if consumer is not None and not self.closed_for_fork:
+            try:
+                self._remove_consumer(queue, consumer)
+            except Exception as exc:  # it lapses by itself when we stop renewing it
+                logger.debug("could not unregister consumer of %s: %r", queue, exc)
+
+    def _remove_consumer(self, queue: str, consumer: str) -> None:
+        """Unregister; an auto_delete queue goes with its last consumer, in any process."""
+        with self.transport.pool.connection() as conn, conn.transaction():
+            conn.execute(self.sql.lock_queue, {"queue": queue})
+            deleted = conn.execute(
+                self.sql.remove_consumer, {"queue": queue, "consumer": consumer}
+            ).fetchone()
+        if deleted and deleted[0]:
+            self.state.queue_bindings_delete(queue)
+            self._expiring.pop(queue, None)
+
+    def consumers(self) -> list[str]:
+        """This channel's consumer names (kept alive by the lease keeper)."""
+        with self._registry_lock:
+            return list(self._registered.values())
 
     @property
     def closed_for_fork(self) -> bool:
@@ -242,7 +272,7 @@ class Channel(virtual.Channel):
             got, claimed = self.claim([queue], 1, noack=no_ack)
             if got or not claimed:  # a delivery, or an empty queue
                 break
-            # The row claimed was garbage (now a dead letter): try the next one.
+            # The row claimed was garbage or poison (now a dead letter): try the next one.
         if not got:
             return None
         _, raw = got[0]
@@ -268,16 +298,14 @@ class Channel(virtual.Channel):
             return 1
         return max(1, prefetch // 2)
 
-    def has_pending_acks(self) -> bool:
-        return bool(self._pending_acks)
-
     def claim(
         self, queues: Sequence[str], limit: int, noack: bool | None = None
     ) -> tuple[list[tuple[str, dict[str, Any]]], int]:
         """Claim up to ``limit`` messages from ``queues``.
 
         Returns the (queue, kombu message) pairs to deliver and how many rows were
-        claimed, garbage included: fewer than ``limit`` means the queues ran dry.
+        claimed, garbage and poison included: fewer than ``limit`` means the queues ran
+        dry.
         """
         if limit <= 0 or not queues:
             return [], 0
@@ -295,14 +323,15 @@ class Channel(virtual.Channel):
                 break
             rows.extend(self._claim_rows(group, want, flag))
         out: list[tuple[str, dict[str, Any]]] = []
-        bad: list[tuple[int, str, int, str, str]] = []
-        for _ord, row_id, queue, count, payload, created in sorted(rows, key=lambda r: r[0]):
+        bad: list[tuple[int, int, str, int, str, str]] = []
+        delivered = sorted((r for r in rows if r[5] is not None), key=lambda r: r[0])
+        for _ord, row_id, receipt, queue, count, payload, created in delivered:
             try:
-                out.append((queue, decode(payload, row_id, count, created)))
+                out.append((queue, decode(payload, row_id, receipt, count, created)))
             except BadPayload as exc:
-                bad.append((row_id, queue, count, payload, str(exc)))
-        for row_id, queue, count, payload, reason in bad:
-            self._bury_bad(row_id, queue, count, payload, reason)
+                bad.append((row_id, receipt, queue, count, payload, str(exc)))
+        for row_id, receipt, queue, count, payload, reason in bad:
+            self._bury_bad(row_id, receipt, queue, count, payload, reason)
         return out, len(rows)
 
     def _claim_rows(self, queues: list[str], limit: int, noack: bool) -> list[tuple[Any, ...]]:
@@ -315,16 +344,24 @@ class Channel(virtual.Channel):
         if noack:
             return self._fetch(self.sql.claim_noack, **params)
         opts = self.transport.options
-        return self._fetch(
+        # Pending acks ride along; they are forgotten only once this statement commits.
+        acks = self.acks.pending()
+        tags = split_tags(acks)
+        rows = self._fetch(
             self.sql.claim,
             owner=self.owner,
             lease=opts.lease_seconds,
             max_deliveries=opts.max_deliveries,
-            acks=self.take_acks(),
+            ack_ids=tags["ids"],
+            ack_receipts=tags["receipts"],
             **params,
         )
+        self.acks.done(acks)
+        return rows
 
-    def _bury_bad(self, row_id: int, queue: str, count: int, payload: str, reason: str) -> None:
+    def _bury_bad(
+        self, row_id: int, receipt: int, queue: str, count: int, payload: str, reason: str
+    ) -> None:
         logger.error("message %s in queue %r moved to dead letters: %s", row_id, queue, reason)
         if queue in self._noack_queues:  # already deleted by the claim
             self._run(
@@ -336,10 +373,12 @@ class Channel(virtual.Channel):
                 reason=reason,
             )
         else:
-            self._run(self.sql.bury, ids=[row_id], owner=self.owner, reason=reason)
+            tags = split_tags([delivery_tag(row_id, receipt)])
+            self._run(self.sql.bury, reason=reason, **tags)
 
     def next_due(self) -> float | None:
-        """Epoch time at which a message of our queues next becomes claimable."""
+        """Seconds (on the database's clock) until a message of our queues next becomes
+        claimable; None when none is delayed or leased."""
         queues = list(self._active_queues)
         if not queues:
             return None
@@ -368,57 +407,66 @@ class Channel(virtual.Channel):
     # -- acks ------------------------------------------------------------------------
 
     def basic_ack(self, delivery_tag: Any, multiple: bool = False) -> None:
-        if self.connection is not None and self.transport.defer_acks:
-            # In the worker's event loop: the transport flushes these on the next loop
-            # tick, in the same statement as the next claim. A crash before that only
-            # means the message is delivered again.
-            with self._acks_lock:
-                self._pending_acks.append(delivery_tag)
-        else:
-            self._with_retry(self.sql.ack, ids=[delivery_tag], owner=self.owner)
+        # The outbox owns the ack from here (QoS forgets it): it is renewed until durable,
+        # never handed back as unacked.
+        self.acks.add(delivery_tag)
         self.qos.ack(delivery_tag)
-
-    def take_acks(self) -> list[Any]:
-        with self._acks_lock:
-            acks, self._pending_acks = self._pending_acks, []
-        return acks
+        if self.transport.defer_acks:
+            # In the worker's event loop: sent with the next claim, or flushed at most
+            # ACK_DELAY later. A crash before that only means the message comes again.
+            self.transport.ack_deferred()
+        else:
+            self.flush_acks()
 
     def flush_acks(self) -> None:
-        acks = self.take_acks()
-        if acks:
-            self._with_retry(self.sql.ack, ids=acks, owner=self.owner)
+        """Send every pending ack of this process's broker (one retry on a fresh
+        connection); on failure they stay pending for the next claim or flush."""
+        send = self._ack_statement
+        try:
+            self.acks.flush(send)
+        except CONNECTION_ERRORS:
+            self.acks.flush(send)
+
+    def _ack_statement(self, tags: list[str]) -> None:
+        self._run(self.sql.ack, **split_tags(tags))
 
     def basic_reject(self, delivery_tag: Any, requeue: bool = False) -> None:
-        self.flush_acks()
+        tags = split_tags([delivery_tag])
         if requeue:
-            self._with_retry(
-                self.sql.requeue,
-                ids=[delivery_tag],
-                owner=self.owner,
-                channel=self.transport.notify_channel,
-            )
+            self._with_retry(self.sql.requeue, channel=self.transport.notify_channel, **tags)
         else:
             # No exchange to dead-letter to in kombu: keep it, like RabbitMQ with a DLX.
-            self._with_retry(self.sql.bury, ids=[delivery_tag], owner=self.owner, reason="rejected")
+            self._with_retry(self.sql.bury, reason="rejected", **tags)
         self.qos.reject(delivery_tag, requeue=requeue)
 
     def release(self, tags: list[Any]) -> None:
-        self._fetch(
-            self.sql.release, ids=tags, owner=self.owner, channel=self.transport.notify_channel
-        )
+        self._fetch(self.sql.release, channel=self.transport.notify_channel, **split_tags(tags))
 
-    def renew(self, tags: list[Any]) -> set[int]:
+    def renew_held(self) -> None:
+        """Extend the leases of the messages this channel holds unacked."""
+        held = self.qos.held()
+        if not held:
+            return
+        kept = self.renew(held)
+        # Acked meanwhile, or lost to another consumer after an outage.
+        lost = [t for t in held if t not in kept and t in self.qos.held()]
+        if lost:
+            logger.warning(
+                "lost the lease of %d message(s) (tags %s): they may run again elsewhere",
+                len(lost),
+                lost[:10],
+            )
+
+    def renew(self, tags: list[Any]) -> set[str]:
+        """Extend the leases of these deliveries; the tags still held."""
         rows = self._fetch(
-            self.sql.renew,
-            ids=tags,
-            owner=self.owner,
-            lease=self.transport.options.lease_seconds,
+            self.sql.renew, lease=self.transport.options.lease_seconds, **split_tags(tags)
         )
-        return {r[0] for r in rows}
+        return {delivery_tag(r[0], r[1]) for r in rows}
 
     def _with_retry(self, statement: str, **params: Any) -> None:
-        # Acks are idempotent: one retry on a fresh connection rides over a server restart
-        # or a killed backend without losing the ack.
+        # Idempotent per delivery: one retry on a fresh connection rides over a server
+        # restart or a killed backend.
         try:
             self._fetch(statement, **params)
         except CONNECTION_ERRORS:

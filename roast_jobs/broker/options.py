@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .sql import check_identifier
+
+#: The values PostgreSQL's ``synchronous_commit`` takes (its hidden boolean spellings left out).
+SYNCHRONOUS_COMMIT_VALUES = ("on", "off", "local", "remote_write", "remote_apply")
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,10 @@ class BrokerOptions:
     #: psycopg's prepare threshold; set None behind PgBouncer in transaction mode.
     prepare_threshold: int | None = 5
     connect_timeout: float = 10.0
+    #: A URL for the LISTEN connection alone, straight to the server, when the broker URL
+    #: goes through a pooler that cannot carry LISTEN (PgBouncer in transaction mode).
+    #: Kept out of repr: it may hold a password.
+    listen_url: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> BrokerOptions:
@@ -59,14 +66,31 @@ class BrokerOptions:
             raise ValueError("max_deliveries must be at least 1")
         if self.polling_interval <= 0:
             raise ValueError("polling_interval must be positive")
+        if self.synchronous_commit is not None:
+            check_synchronous_commit(self.synchronous_commit)
 
     @property
     def renew_every(self) -> float:
         return self.renew_interval or self.lease_seconds / 3
 
+    @property
+    def consumer_ttl(self) -> float:
+        """How long a consumer stays registered once its process stops renewing it."""
+        return max(self.lease_seconds, 3 * self.renew_every)
+
     @classmethod
     def names(cls) -> set[str]:
         return {f.name for f in fields(cls)}
+
+
+def check_synchronous_commit(value: str) -> str:
+    """``value`` if PostgreSQL knows it: it is pasted into the connection's options."""
+    if value.lower() not in SYNCHRONOUS_COMMIT_VALUES:
+        raise ValueError(
+            f"transport option 'synchronous_commit': bad value {value!r}; "
+            f"use one of {', '.join(SYNCHRONOUS_COMMIT_VALUES)}"
+        )
+    return value
 
 
 def _coerce(name: str, value: Any, annotation: Any) -> Any:

@@ -72,15 +72,17 @@ def envelope(message: dict[str, Any], native_delay: bool) -> Envelope:
     props = message.get("properties") or {}
     headers = message.get("headers") or {}
     eta = _parse_time(headers.get("eta")) if native_delay else None
-    expires = _parse_time(headers.get("expires"))
-    expiration = props.get("expiration")  # AMQP per-message TTL, milliseconds
-    if expiration not in (None, ""):
+    # kombu's per-message TTL (AMQP ``expiration``, milliseconds) expires a message in
+    # the broker, as on RabbitMQ. Not a Celery task's: Celery copies the task's
+    # ``expires`` into ``expiration``, but its contract is that the worker receives the
+    # task, sees it expired and stores REVOKED, so that ``result.get()`` ends.
+    expires = None
+    expiration = props.get("expiration")
+    if expiration not in (None, "") and not ("task" in headers and headers.get("expires")):
         try:
-            ttl = datetime.now(UTC) + timedelta(milliseconds=float(expiration))
+            expires = datetime.now(UTC) + timedelta(milliseconds=float(expiration))
         except (TypeError, ValueError):
-            ttl = None
-        if ttl is not None:
-            expires = min(expires, ttl) if expires else ttl
+            expires = None
     task_id = headers.get("id") if "task" in headers else None
     try:
         retried = int(headers.get("retries") or 0) > 0
@@ -97,13 +99,32 @@ def envelope(message: dict[str, Any], native_delay: bool) -> Envelope:
     )
 
 
-#: Header added on delivery: when the message was first written (epoch seconds). Celery
-#: turns headers into request attributes: ``self.request.get("roast_sent_at")``.
-SENT_AT = "roast_sent_at"
+#: Added to ``delivery_info`` on delivery: when the message was first written (epoch
+#: seconds, the database's clock). Headers, body and properties arrive exactly as sent;
+#: ``delivery_info`` is the broker's own (Celery passes it on as ``request.properties``).
+SENT_AT = "sent_at"
+
+
+def delivery_tag(row_id: int, receipt: int) -> str:
+    """The tag of one delivery of a row: an ack names that delivery, not the row."""
+    return f"{row_id}:{receipt}"
+
+
+def split_tags(tags: list[Any]) -> dict[str, list[int]]:
+    """Delivery tags as the ``ids``/``receipts`` arrays the statements take."""
+    ids: list[int] = []
+    receipts: list[int] = []
+    for tag in tags:
+        row_id, sep, receipt = str(tag).partition(":")
+        if not sep:
+            raise ValueError(f"not a roast-jobs delivery tag: {tag!r}")
+        ids.append(int(row_id))
+        receipts.append(int(receipt))
+    return {"ids": ids, "receipts": receipts}
 
 
 def decode(
-    payload: str, row_id: int, delivery_count: int, created_at: float | None = None
+    payload: str, row_id: int, receipt: int, delivery_count: int, created_at: float | None = None
 ) -> dict[str, Any]:
     """The kombu message of a row, tagged for this delivery; BadPayload if it is not one."""
     try:
@@ -116,11 +137,9 @@ def decode(
     info = props.get("delivery_info")
     if not isinstance(info, dict):
         info = props["delivery_info"] = {}
-    # The row id is the delivery tag: acks go straight to the row, from any process.
-    props["delivery_tag"] = row_id
+    props["delivery_tag"] = delivery_tag(row_id, receipt)
     info["redelivered"] = delivery_count > 1
-    headers = message.get("headers")
-    if created_at is not None and isinstance(headers, dict):
-        headers[SENT_AT] = created_at
+    if created_at is not None:
+        info[SENT_AT] = created_at
     message["redelivered"] = delivery_count > 1
     return message

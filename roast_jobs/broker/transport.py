@@ -1,28 +1,45 @@
-"""The kombu transport: connection setup, wake-ups, the event loop and leases."""
+"""The kombu transport: connection setup, wake-ups, the event loop and leases.
+
+Time in here is the host's monotonic clock only; when a delayed message or a lease is
+due comes from the database as "seconds from now", so hosts whose clocks disagree with
+the database's neither spin nor oversleep.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
 import psycopg
 from kombu.transport import virtual
 
+from .acks import outbox_for
 from .channel import Channel
-from .connections import CONNECTION_ERRORS, conninfo_from_client, get_pool, mask_url
-from .leases import LeaseKeeper
-from .listener import Listener, Wakeup
-from .maintenance import ensure_schema, sweep
+from .connections import (
+    CONNECTION_ERRORS,
+    conninfo_from_client,
+    get_listen_pool,
+    get_pool,
+    mask_url,
+)
+from .leases import KeepAlive
+from .listener import Listener, Probe, Wakeup
+from .maintenance import ensure_schema, run_pass
 from .options import BrokerOptions
+from .payload import split_tags
 from .sql import statements
 
 logger = logging.getLogger(__name__)
 
 #: Longest an ack made in the event loop waits to ride along with a claim.
 ACK_DELAY = 0.05
+#: The longest the keep-alive thread sleeps; sooner for queues with a short x-expires.
+TICK = 1.0
 
 
 class Transport(virtual.Transport):
@@ -59,8 +76,10 @@ class Transport(virtual.Transport):
         )
         self.pool = get_pool(conninfo, self.options)
         self.fast_pool = get_pool(conninfo, self.options, durable=False)
+        self.listen_pool = get_listen_pool(conninfo, self.options)
         self.sql = statements(self.options.schema)
         self.notify_channel = self.options.schema
+        self.outbox = outbox_for(conninfo, self.options.schema)
         self._pid = os.getpid()
         self._listener: Listener | None = None
         self._hub: Any = None
@@ -70,8 +89,13 @@ class Transport(virtual.Transport):
         self._next_wake: float | None = None
         self._last_poll = time.monotonic()
         self._last_sweep = 0.0
-        self._leases: LeaseKeeper | None = None
+        self._last_renewal = time.monotonic()
+        self._keeper: KeepAlive | None = None
         self._flush_entry: Any = None
+        # Woken after deliveries made outside the loop's readable phase (see _poke).
+        self._poke_r: int | None = None
+        self._poke_w: int | None = None
+        self._poked = False
 
     # -- connection ------------------------------------------------------------------
 
@@ -90,12 +114,11 @@ class Transport(virtual.Transport):
             self.channels = []
             self._avail_channels = []
             return
-        if self._leases is not None:
-            self._leases.stop()
-            self._leases = None
+        if self._keeper is not None:
+            self._keeper.stop()
+            self._keeper = None
         self._unregister()
-        for channel in list(self.channels):
-            channel.flush_acks()
+        self._flush_outbox("closing")
         super().close_connection(connection)
         if self._listener is not None:
             self._listener.close()
@@ -117,18 +140,60 @@ class Transport(virtual.Transport):
         return [c for c in self.channels if not c.closed and c._consumers]
 
     def on_consume(self, channel: Channel) -> None:
-        """A channel started consuming: make sure wake-ups and lease renewal run."""
-        if self._leases is None or not self._leases.is_alive():
-            self._leases = LeaseKeeper(lambda: list(self.channels), self.options.renew_every)
-            self._leases.start()
+        """A channel started consuming: make sure wake-ups and the keep-alive run."""
+        if self._keeper is None or not self._keeper.is_alive():
+            # A weak reference: a transport dropped without being closed stops its thread.
+            self._keeper = KeepAlive(weakref.WeakMethod(self.keep_alive))
+            self._keeper.start()
         if self._hub is not None:
             self._register_listener()
 
-    def _listen(self) -> Listener:
-        if self._listener is None:
-            self._listener = Listener(self.pool, self.sql.listen)
-        self._listener.connect()
-        return self._listener
+    # -- keep-alive (a thread: see leases.py) ----------------------------------------
+
+    def keep_alive(self) -> float:
+        """Renew leases, consumers and expiring queues, flush stuck acks, run the broker's
+        maintenance when due; returns the seconds until the next call."""
+        channels = [c for c in list(self.channels) if not c.closed]
+        for channel in channels:
+            channel.touch_queues()
+        now = time.monotonic()
+        if now - self._last_renewal >= self.options.renew_every:
+            self._last_renewal = now
+            self._renew(channels)
+        if len(self.outbox):
+            self._flush_outbox("retrying")
+        if now - self._last_sweep >= self.options.maintenance_interval:
+            self._last_sweep = now
+            run_pass(self.pool, self.sql, self.options.maintenance_interval)
+        touch = [t for c in channels if (t := c.touch_every()) is not None]
+        return min([self.options.renew_every, TICK, *touch])
+
+    def _renew(self, channels: list[Channel]) -> None:
+        consumers = [name for c in channels for name in c.consumers()]
+        if consumers:
+            with self.fast_pool.connection() as conn:
+                conn.execute(
+                    self.sql.keep_consumers,
+                    {"consumers": consumers, "ttl": self.options.consumer_ttl},
+                )
+        for channel in channels:
+            if channel._qos is not None:
+                channel.renew_held()
+        acked = self.outbox.pending()
+        if acked and channels:
+            # Acked but not yet durable: keep them ours until the ack lands.
+            channels[0].renew(acked)
+
+    def _flush_outbox(self, why: str) -> None:
+        if not len(self.outbox) or os.getpid() != self._pid:
+            return
+        try:
+            with self.fast_pool.connection() as conn:
+                self.outbox.flush(lambda tags: conn.execute(self.sql.ack, split_tags(tags)))
+        except Exception as exc:
+            logger.warning(
+                "%s %d ack(s) failed (%r); they stay pending", why, len(self.outbox), exc
+            )
 
     def _mark(self, queue: str | None = None) -> None:
         for channel in self.consuming():
@@ -136,29 +201,25 @@ class Transport(virtual.Transport):
                 channel.maybe_more = True
 
     def _on_wakeups(self, wakeups: list[Wakeup]) -> None:
-        now = time.time()
         for w in wakeups:
-            if w.due is not None and w.due > now + 0.001:
-                self._schedule_wake(w.due)
+            if w.delay is not None and w.delay > 0.001:
+                self._schedule_wake(w.delay)
             else:
                 self._mark(w.queue)
 
-    def _defer_flush(self) -> bool:
-        """Arrange a flush of pending acks soon; False if there is no loop to do it."""
-        if self._hub is None:
-            return False
-        if self._flush_entry is None:
+    def ack_deferred(self) -> None:
+        """An ack joined the outbox inside the event loop: flush it soon unless a claim
+        takes it first."""
+        if self._hub is not None and self._flush_entry is None:
             self._flush_entry = self._hub.call_later(ACK_DELAY, self._flush_acks_now)
-        return True
 
     def _flush_acks_now(self) -> None:
         self._flush_entry = None
-        for channel in self.consuming():
-            channel.flush_acks()
+        self._flush_outbox("sending")
 
     @property
     def defer_acks(self) -> bool:
-        # Only inside the worker's event loop, which flushes them on every tick.
+        # Only inside the worker's event loop, which flushes them within ACK_DELAY.
         return self._hub is not None
 
     def _service(self) -> int:
@@ -169,13 +230,24 @@ class Transport(virtual.Transport):
             if room < channel.batch_threshold():
                 # Under a backlog, wait for room for a batch; the acks made meanwhile go
                 # with that claim, or with a flush at most ACK_DELAY later.
-                if channel.has_pending_acks() and (room <= 0 or not self._defer_flush()):
-                    channel.flush_acks()
                 continue
             got, claimed = channel.claim(channel._active_queues, room)
             channel.maybe_more = claimed >= room
             delivered += self._deliver_all(channel, got)
         return delivered
+
+    def _listen(self) -> Listener:
+        if self._listener is None:
+            # Checked once per process: do notifications sent the way publishes go arrive?
+            probe = Probe(self.pool, self.sql.notify_many, self.notify_channel)
+            self._listener = Listener(self.listen_pool, self.sql.listen, probe)
+        listener = self._listener
+        if not listener.connected:
+            listener.connect()
+            # Wake-ups read while that connect checked delivery: the socket will not
+            # turn readable for them again.
+            self._on_wakeups(listener.drain())
+        return listener
 
     def _deliver_all(self, channel: Channel, got: list[tuple[str, dict[str, Any]]]) -> int:
         for i, (queue, raw) in enumerate(got):
@@ -198,41 +270,36 @@ class Transport(virtual.Transport):
 
     # -- timers: delays, expired leases, the safety poll -----------------------------
 
-    def _schedule_wake(self, due: float) -> None:
+    def _schedule_wake(self, delay: float) -> None:
+        due = time.monotonic() + delay
         if self._next_wake is not None and self._next_wake <= due + 0.001:
             return
         self._next_wake = due
         if self._hub is not None:
             if self._wake_entry is not None:
                 self._wake_entry.cancel()
-            self._wake_entry = self._hub.call_later(
-                max(0.0, due - time.time()) + 0.002, self._on_wake
-            )
+            self._wake_entry = self._hub.call_later(delay + 0.002, self._on_wake)
 
     def _on_wake(self) -> None:
         self._next_wake = None
         self._wake_entry = None
         self._mark()
-        self._service()
+        self._poke_if(self._service())
         self._refresh_next_due()
 
     def _refresh_next_due(self) -> None:
         dues = [d for d in (c.next_due() for c in self.consuming()) if d is not None]
         if dues:
-            self._schedule_wake(min(dues))
+            self._schedule_wake(max(0.0, min(dues)))
 
     def _on_poll(self) -> None:
         self._housekeeping()
-        self._service()
+        self._poke_if(self._service())
 
     def _housekeeping(self) -> None:
-        """Safety net: lost notifications, expired leases, sweeping."""
+        """Safety net: lost notifications, expired leases."""
         self._last_poll = time.monotonic()
         self._mark()
-        now = time.monotonic()
-        if now - self._last_sweep >= self.options.maintenance_interval:
-            self._last_sweep = now
-            sweep(self.pool, self.sql, self.options.maintenance_interval)
         self._refresh_next_due()
 
     # -- the event loop (celery worker) ----------------------------------------------
@@ -240,9 +307,40 @@ class Transport(virtual.Transport):
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:
         self._unregister()
         self._hub = loop
-        self._timers = [loop.call_repeatedly(self.options.polling_interval, self._on_poll)]
-        loop.on_tick.add(self._on_tick)
-        self._register_listener()
+        try:
+            self._timers = [loop.call_repeatedly(self.options.polling_interval, self._on_poll)]
+            loop.on_tick.add(self._on_tick)
+            self._register_listener()
+            self._poke_r, self._poke_w = os.pipe()
+            os.set_blocking(self._poke_r, False)
+            os.set_blocking(self._poke_w, False)
+            loop.add_reader(self._poke_r, self._on_poked)
+        except BaseException:
+            # Celery drops a connection that failed here without closing it: leave
+            # nothing in the loop (it would keep this transport, and its sockets, alive).
+            self._unregister()
+            if self._listener is not None:
+                self._listener.close()
+            raise
+
+    def _poke_if(self, delivered: int) -> None:
+        """Messages were delivered outside the loop's readable phase (a tick callback or
+        a timer): make the loop go round once more before it blocks.
+
+        Celery's prefork pool hands work to an idle child from its own tick callback,
+        which may already have run in this round; without a poke, the task would wait
+        in the pool for the next timer (a whole poll interval) with a child idle.
+        """
+        if delivered and not self._poked and self._poke_w is not None:
+            self._poked = True
+            with contextlib.suppress(BlockingIOError):
+                os.write(self._poke_w, b"!")
+
+    def _on_poked(self) -> None:
+        self._poked = False
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._poke_r, 512):  # type: ignore[arg-type]
+                pass
 
     def _register_listener(self) -> None:
         hub = self._hub
@@ -264,12 +362,19 @@ class Transport(virtual.Transport):
                 entry.cancel()
         self._wake_entry = self._flush_entry = None
         self._next_wake = None
-        if hub is None:
-            return
-        hub.on_tick.discard(self._on_tick)
-        if self._registered_fd is not None:
-            hub.remove_reader(self._registered_fd)
-            self._registered_fd = None
+        poke_r, poke_w = self._poke_r, self._poke_w
+        self._poke_r = self._poke_w = None
+        self._poked = False
+        if hub is not None:
+            hub.on_tick.discard(self._on_tick)
+            if self._registered_fd is not None:
+                hub.remove_reader(self._registered_fd)
+                self._registered_fd = None
+            if poke_r is not None:
+                hub.remove_reader(poke_r)
+        for fd in (poke_r, poke_w):
+            if fd is not None:
+                os.close(fd)
 
     def _on_tick(self) -> None:
         if self._listener is None or not self._listener.connected:
@@ -278,7 +383,7 @@ class Transport(virtual.Transport):
             self._registered_fd = None
             self._register_listener()
             self._mark()
-        self._service()
+        self._poke_if(self._service())
 
     def _on_readable(self) -> None:
         assert self._listener is not None
@@ -299,7 +404,7 @@ class Transport(virtual.Transport):
         deadline = None if timeout is None else time.monotonic() + timeout
         listener = self._listen()
         while True:
-            if self._next_wake is not None and self._next_wake <= time.time():
+            if self._next_wake is not None and self._next_wake <= time.monotonic():
                 self._next_wake = None
                 self._mark()
                 if self._service():
@@ -315,7 +420,7 @@ class Transport(virtual.Transport):
             if deadline is not None:
                 wait = min(wait, deadline - now)
             if self._next_wake is not None:
-                wait = min(wait, max(0.0, self._next_wake - time.time()))
+                wait = min(wait, max(0.0, self._next_wake - time.monotonic()))
             wakeups = listener.wait(wait)
             if wakeups:
                 self._on_wakeups(wakeups)

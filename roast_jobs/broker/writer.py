@@ -12,12 +12,10 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from itertools import chain, islice
-from typing import TYPE_CHECKING
 
 from .capture import PsycopgSink, Published, Row, Sink
-
-if TYPE_CHECKING:
-    from .transport import Transport
+from .connections import Pool
+from .sql import Statements
 
 #: Rows per statement on the INSERT path.
 INSERT_CHUNK = 5000
@@ -39,16 +37,19 @@ def _text(value: str) -> str:
 
 
 class MessageWriter:
-    def __init__(self, transport: Transport) -> None:
-        self.transport = transport
-        self.sql = transport.sql
+    """Writes messages of one broker (its statements, durable pool and NOTIFY channel)."""
+
+    def __init__(self, sql: Statements, pool: Pool, notify_channel: str) -> None:
+        self.sql = sql
+        self.pool = pool
+        self.notify_channel = notify_channel
 
     @contextmanager
     def _sink(self, sink: Sink | None) -> Iterator[Sink]:
         if sink is not None:
             yield sink
             return
-        with self.transport.pool.connection() as conn, conn.transaction():
+        with self.pool.connection() as conn, conn.transaction():
             yield PsycopgSink(conn)
 
     def write(self, rows: Iterable[Row], sink: Sink | None) -> list[Published]:
@@ -100,14 +101,12 @@ class MessageWriter:
                 if lines:
                     copy.write("".join(lines))
             if due:
+                # Due times as delays from the database's own now (see listener.Wakeup).
                 notes = [
-                    q if when <= now else f"{q}\x1f{when.timestamp()}"
+                    q if when <= now else f"{q}\x1f{(when - now).total_seconds()}"
                     for q, when in sorted(due.items())
                 ]
-                s.execute(
-                    self.sql.notify_many,
-                    {"channel": self.transport.notify_channel, "notes": notes},
-                )
+                s.execute(self.sql.notify_many, {"channel": self.notify_channel, "notes": notes})
             if later:
                 done = self._insert_all([r for _, r in later], s)
                 fate.update(zip([i for i, _ in later], done, strict=True))
@@ -135,7 +134,7 @@ class MessageWriter:
             "expires": env.expires,
             "task_id": env.task_id,
             "payload": env.payload,
-            "channel": self.transport.notify_channel,
+            "channel": self.notify_channel,
         }
         if row.exchange:
             queues = sink.execute(
@@ -157,7 +156,7 @@ class MessageWriter:
             "singleton_keys": [r.envelope.singleton_key for r in rows],
             "retried": [r.envelope.retried for r in rows],
             "payloads": [r.envelope.payload for r in rows],
-            "channel": self.transport.notify_channel,
+            "channel": self.notify_channel,
         }
         written: dict[str | None, list[str]] = {}
         for _id, queue, task_id, _key, _woken in sink.execute(self.sql.publish_many, params):

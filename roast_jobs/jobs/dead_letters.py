@@ -3,9 +3,10 @@ expired), kept with why. List, inspect, redrive to the original queue, purge."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from celery import Celery
 
@@ -58,6 +59,57 @@ class DeadLetter:
         return out
 
 
+class Redriven(NamedTuple):
+    """A dead letter back in its queue."""
+
+    message_id: int
+    queue: str
+    task_id: str | None
+
+
+@dataclass(frozen=True)
+class HeldBack:
+    """A dead letter a redrive left where it is, and why."""
+
+    dead_id: int
+    queue: str
+    task_id: str | None
+    singleton_key: str | None
+    #: The task id of the live job holding the key (None if it ended meanwhile), or the
+    #: id of the dead letter with the same key that went instead.
+    holder: str | None
+    reason: str
+
+    @classmethod
+    def of(cls, row: Sequence[Any]) -> HeldBack:
+        dead_id, queue, task_id, key, _new_id, why, holder = row
+        if why == "duplicate":
+            reason = (
+                f"dead letter {holder} has the same singleton key {key!r} in queue {queue!r} "
+                "and went instead; redrive this one after that job ends"
+            )
+        else:
+            who = f"job {holder}" if holder else "a job that took it meanwhile"
+            reason = (
+                f"singleton key {key!r} of queue {queue!r} is held by {who}; redrive it "
+                "after that job ends"
+            )
+        return cls(dead_id, queue, task_id, key, holder, reason)
+
+
+class RedriveResult(list[Redriven]):
+    """What a redrive moved, as a list of ``Redriven``; ``held`` is what it left, with why."""
+
+    def __init__(self, moved: list[Redriven], held: list[HeldBack]) -> None:
+        super().__init__(moved)
+        self.held = held
+
+    @classmethod
+    def of(cls, rows: list[tuple[Any, ...]]) -> RedriveResult:
+        moved = [Redriven(r[4], r[1], r[2]) for r in rows if r[4] is not None]
+        return cls(moved, [HeldBack.of(r) for r in rows if r[4] is None])
+
+
 class DeadLetters:
     """The dead-letter table of an app's broker."""
 
@@ -79,10 +131,15 @@ class DeadLetters:
 
     def redrive(
         self, ids: list[int] | None = None, *, queue: str | None = None, all: bool = False
-    ) -> list[tuple[int, str, str | None]]:
+    ) -> RedriveResult:
         """Move dead letters back to their queues as fresh messages: the given ``ids``,
-        or with ``all`` every one (of ``queue``). Returns (new message id, queue, task
-        id) for each moved. Unknown ids are an error; nothing moves then."""
+        or with ``all`` every one (of ``queue``). Unknown ids are an error; nothing moves
+        then.
+
+        A singleton key admits one live message per queue: of dead letters sharing a key
+        the oldest goes, and a letter whose key a live job holds stays. Returns what moved
+        (``Redriven``: new message id, queue, task id); ``.held`` lists what stayed, with
+        why (``HeldBack``)."""
         ids = [int(i) for i in ids or []]
         if not ids and not all:
             raise ValueError("name the dead letters to redrive, or pass all=True")
@@ -94,7 +151,7 @@ class DeadLetters:
             queue=queue,
             channel=self.link.notify_channel,
         )
-        return [(r[0], r[1], r[2]) for r in rows]
+        return RedriveResult.of(rows)
 
     def purge(
         self, ids: list[int] | None = None, *, queue: str | None = None, all: bool = False

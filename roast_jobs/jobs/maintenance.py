@@ -1,11 +1,12 @@
-"""The maintenance pass: one worker at a time (an advisory lock), every
-``maintenance_interval`` seconds, keeps the database small.
+"""The maintenance pass of the job layer: the broker's pass (``broker.maintenance``) with
+retention added, run by one worker at a time every ``maintenance_interval`` seconds.
 
-- hands back leases that ran out (their owner died), so states read right;
-- drops expired messages (task ones become dead letters) and abandoned queues;
-- deletes successful results after ``archive_completed_after_seconds`` and failed or
-  cancelled ones, and dead letters, after ``delete_after_days``;
-- records when it ran and what it removed (``meta`` row ``job_maintenance``).
+- the broker's steps: hand back leases that ran out (their owner died), so states read
+  right; drop messages past their TTL (task ones become dead letters), consumers whose
+  process died, and abandoned queues;
+- retention: delete successful results after ``archive_completed_after_seconds`` and
+  failed or cancelled ones, and dead letters, after ``delete_after_days``;
+- record when it ran and what it removed (``meta`` row ``maintenance``).
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import threading
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import psycopg
 from celery import Celery, bootsteps
 
-from roast_jobs.broker.maintenance import sweep
+from roast_jobs.broker.maintenance import Step, last_pass, run_pass
 from roast_jobs.config import Settings, get_settings
-from roast_jobs.jobs.results import qualified_name
+from roast_jobs.jobs.sql import group_retention, qualified_name, result_statements
 
 from .link import BrokerLink
 
@@ -30,6 +32,7 @@ logger = logging.getLogger(__name__)
 class MaintenanceReport:
     leases_reclaimed: int = 0
     messages_expired: int = 0
+    consumers_gone: int = 0
     queues_removed: int = 0
     results_deleted: int = 0
     groups_deleted: int = 0
@@ -47,86 +50,43 @@ def run_maintenance(
     own = link is None
     link = link or BrokerLink(app)
     try:
-        return _run(app, settings, link)
+        done = run_pass(link.transport.pool, link.sql, extra=retention_steps(app, settings, link))
     finally:
         if own:
             link.close()
+    return None if done is None else MaintenanceReport(**done)
 
 
-def _run(app: Celery, settings: Settings, link: BrokerLink) -> MaintenanceReport | None:
-    jobs = link.jobs
-    with link.connection() as conn, conn.transaction():
-        got = conn.execute(jobs.maintenance_lock, {"schema": link.schema}).fetchone()
-        if not got or not got[0]:
-            return None
-        reclaimed = conn.execute(jobs.reclaim_leases).fetchone()[0]
-        dead = conn.execute(
-            jobs.dead_purge_older, {"seconds": settings.delete_after_days * 86400}
-        ).fetchone()[0]
-        results, groups = _delete_results(app, settings, conn)
-        swept = sweep(link.transport.pool, link.sql, interval=0) or {}
-        report = MaintenanceReport(
-            leases_reclaimed=reclaimed,
-            messages_expired=swept.get("messages", 0),
-            queues_removed=swept.get("queues", 0),
-            results_deleted=results,
-            groups_deleted=groups,
-            dead_letters_deleted=dead,
-        )
-        conn.execute(
-            jobs.maintenance_record,
-            {"value": " ".join(f"{k}={v}" for k, v in report.as_dict().items())},
-        )
-    if any(report.as_dict().values()):
-        logger.info("maintenance: %s", report.as_dict())
-    return report
+def retention_steps(app: Celery, settings: Settings, link: BrokerLink) -> list[Step]:
+    """The job layer's steps of the pass: old dead letters, results and group results."""
+    older = settings.delete_after_days * 86400
 
+    def dead_letters(conn: psycopg.Connection) -> int:
+        return int(conn.execute(link.jobs.dead_purge_older, {"seconds": older}).fetchone()[0])
 
-def _delete_results(app: Celery, settings: Settings, conn: Any) -> tuple[int, int]:
+    steps: list[Step] = [("dead_letters_deleted", dead_letters)]
     backend = app.backend
     task_cls = getattr(backend, "task_cls", None)
     if task_cls is None:
-        return 0, 0
+        return steps
     backend.ResultSession().close()  # the tables exist from here on
-    # Celery stores date_done as a naive timestamp: compare in the session's own zone.
-    params = {
-        "completed": settings.archive_completed_after_seconds,
-        "failed": settings.delete_after_days * 86400,
-    }
-    results = conn.execute(
-        f"""
-        WITH gone AS (
-            DELETE FROM {qualified_name(task_cls.__table__)}
-            WHERE (status = 'SUCCESS'
-                   AND date_done < localtimestamp - make_interval(secs => %(completed)s))
-               OR (status IN ('FAILURE', 'REVOKED')
-                   AND date_done < localtimestamp - make_interval(secs => %(failed)s))
-            RETURNING 1
-        )
-        SELECT count(*) FROM gone
-        """,
-        params,
-    ).fetchone()[0]
+    params = {"completed": settings.archive_completed_after_seconds, "failed": older}
+    results = result_statements(qualified_name(task_cls.__table__)).retention
+    steps.append(("results_deleted", lambda conn: _count(conn, results, params)))
     group_cls = getattr(backend, "taskset_cls", None)
-    groups = 0
     if group_cls is not None:
-        groups = conn.execute(
-            f"""
-            WITH gone AS (
-                DELETE FROM {qualified_name(group_cls.__table__)}
-                WHERE date_done < localtimestamp - make_interval(secs => %(failed)s)
-                RETURNING 1
-            )
-            SELECT count(*) FROM gone
-            """,
-            params,
-        ).fetchone()[0]
-    return results, groups
+        groups = group_retention(qualified_name(group_cls.__table__))
+        steps.append(("groups_deleted", lambda conn: _count(conn, groups, params)))
+    return steps
 
 
-def last_run(link: BrokerLink) -> tuple[str, Any] | None:
-    rows = link.fetch(link.jobs.maintenance_last)
-    return (rows[0][0], rows[0][1]) if rows else None
+def _count(conn: psycopg.Connection, statement: str, params: dict[str, Any]) -> int:
+    return int(conn.execute(statement, params).fetchone()[0])  # type: ignore[index]
+
+
+def last_run(link: BrokerLink) -> tuple[dict[str, int], Any] | None:
+    """What the last pass (by anyone) removed, and when it ran."""
+    return last_pass(link.transport.pool, link.sql)
 
 
 class MaintenanceStep(bootsteps.StartStopStep):

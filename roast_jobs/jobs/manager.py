@@ -9,21 +9,24 @@ while it waits or runs, ``dead_letter`` when it was buried, and Celery's result 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from celery import Celery, states
 from celery.app.task import Context
-from celery.result import AsyncResult
 
 from roast_jobs.broker.capture import Published, current_target, publishing
-from roast_jobs.jobs.results import qualified_name
 
 from .bulk import TaskCall, send_many
+from .config_check import JobConfigWarning, check_app
+from .dead_letters import RedriveResult
 from .errors import InvalidTransition, JobNotFound
 from .link import BrokerLink
-from .retry import HEADER, RoastTask, policy_options
+from .retry import HEADER, RoastTask, options_of_message, policy_options, resend_options
+from .singleton import key_of, refuse_early_ack_of
+from .sql import ResultStatements, qualified_name, result_statements
 from .state import (
     CANCELLABLE_STATES,
     RETRYABLE_STATES,
@@ -75,10 +78,27 @@ class JobManager:
 
     # -- life cycle ------------------------------------------------------------------
 
-    def start(self) -> JobManager:
-        """Connect (creating the broker schema if needed). Idempotent."""
+    def start(self, *, create: bool = True) -> JobManager:
+        """Connect and check the app's configuration. Idempotent.
+
+        Raises ``MisconfiguredApp`` (saying what to set) when the job API could not read
+        the app's results, and warns (``JobConfigWarning``) when it works in part: without
+        roast-jobs' result backend it reads the broker's tables only, and a running job is
+        visible only with ``task_acks_late`` or ``task_track_started`` (see
+        ``config_check``). ``create=False``: a missing broker schema raises
+        ``BrokerSchemaMissing`` instead of being created.
+        """
         if self._link is None:
-            self._link = BrokerLink(self.app)
+            link = BrokerLink(self.app, create=create)
+            try:
+                checked = check_app(self.app, link)
+            except BaseException:
+                link.close()
+                raise
+            for message in checked.warnings:
+                warnings.warn(message, JobConfigWarning, stacklevel=2)
+            link.result_table = checked.result_table
+            self._link = link
         return self
 
     def stop(self) -> None:
@@ -106,8 +126,10 @@ class JobManager:
             raise TypeError(f"not a task or task name: {task!r}")
         return name
 
-    def _prepare(self, task: Any, options: dict[str, Any]) -> str:
+    def _prepare(self, task: Any, options: dict[str, Any], keyed: bool = False) -> str:
         name = self._task_name(task)
+        if keyed or key_of(options) is not None:
+            refuse_early_ack_of(self.app, name)
         overrides = policy_options(options)
         if overrides:
             registered = self.app.tasks.get(name)
@@ -171,27 +193,30 @@ class JobManager:
         """Send many jobs in one statement per 5,000 (see ``bulk``); shared ``options``
         as for ``send``, per-job priority, delay and singleton key in each ``TaskCall``."""
         self.link  # noqa: B018
-        name = self._prepare(task, options)
+        items = [TaskCall.of(c) for c in calls]
+        keyed = any(item.singleton_key for item in items)
+        name = self._prepare(task, options, keyed=keyed)
         sink = sink_for(into) if into is not None else None
-        return send_many(self.app, name, calls, sink=sink, **options)
+        return send_many(self.app, name, items, sink=sink, **options)
 
     # -- looking ---------------------------------------------------------------------
 
-    def _result_row(self, job_id: str) -> ResultRow | None:
+    def _results(self) -> ResultStatements | None:
+        """Statements on the app's result table (created if need be); None: no such table."""
         backend = self.app.backend
         table = getattr(backend, "task_cls", None)
         if table is None:
             return None
         backend.ResultSession().close()  # make sure the tables exist
-        rows = self.link.fetch(
-            f"SELECT status, date_done, date_created, date_started, options "
-            f"FROM {qualified_name(table.__table__)} WHERE task_id = %(id)s",
-            id=job_id,
-        )
+        return result_statements(qualified_name(table.__table__))
+
+    def _result_row(self, job_id: str) -> ResultRow | None:
+        results = self._results()
+        rows = self.link.fetch(results.find, id=job_id) if results else None
         if not rows:
             return None
         status, done, created, started, opts = rows[0]
-        meta = backend._get_task_meta_for(job_id)  # uncached, decoded
+        meta = self.app.backend._get_task_meta_for(job_id)  # uncached, decoded
         return ResultRow(status, done, created, started, opts, meta)
 
     def get_job(self, job_id: str) -> Job:
@@ -238,19 +263,10 @@ class JobManager:
     def _finished_counts(
         self, queue: str | None, window_seconds: float
     ) -> list[tuple[str, str, int]]:
-        table = getattr(self.app.backend, "task_cls", None)
-        if table is None:
+        results = self._results()
+        if results is None:
             return []
-        self.app.backend.ResultSession().close()
-        return self.link.fetch(
-            f"SELECT queue, status, count(*) FROM {qualified_name(table.__table__)} "
-            "WHERE status IN ('SUCCESS', 'FAILURE') AND queue IS NOT NULL "
-            "AND (%(queue)s::text IS NULL OR queue = %(queue)s) "
-            "AND date_done > localtimestamp - make_interval(secs => %(window)s) "
-            "GROUP BY queue, status",
-            queue=queue,
-            window=window_seconds,
-        )
+        return self.link.fetch(results.finished_counts, queue=queue, window=window_seconds)
 
     # -- steering --------------------------------------------------------------------
 
@@ -264,73 +280,107 @@ class JobManager:
             )
         removed = self.link.fetch(self.link.jobs.cancel_waiting, task_id=job_id)
         if removed:
-            name, args, kwargs = task_call(removed[0][2])
-            job = replace(job, name=job.name or name, args=args, kwargs=kwargs, queue=removed[0][1])
+            _row_id, queue, payload, created_at = removed[0]
+            name, args, kwargs = task_call(payload)
+            job = replace(job, name=job.name or name, args=args, kwargs=kwargs, queue=queue)
             self._mark_revoked(job_id, job, "cancelled before it ran")
+            self._keep_options(job_id, payload, created_at)
         else:
             # Running (or claimed between our look and the delete): Celery's revoke.
             self.app.control.revoke(job_id, terminate=terminate)
             if terminate:
                 self._mark_revoked(job_id, job, "cancelled while running")
-        return self.get_job(job_id)
+        try:
+            return self.get_job(job_id)
+        except JobNotFound:
+            # No result backend keeps the REVOKED state: the message was its only trace.
+            return replace(job, state=JobState.CANCELLED)
 
     def _mark_revoked(self, job_id: str, job: Job, reason: str) -> None:
         # Stored with the name and arguments, so that retry_job can send it again.
         self.app.backend.mark_as_revoked(job_id, reason, request=_request(job_id, job))
 
+    def _keep_options(self, job_id: str, payload: str, sent_at: Any) -> None:
+        """How a job that never started was sent, for retry_job (a start records it)."""
+        results = self._results()
+        try:
+            message = json.loads(payload)
+        except ValueError:
+            return
+        if results is None or not isinstance(message, dict):
+            return
+        self.link.fetch(
+            results.record_options,
+            options=json.dumps(options_of_message(message)),
+            sent=sent_at.timestamp() if sent_at is not None else None,
+            task_id=job_id,
+        )
+
     def retry_job(self, job_id: str) -> JobId:
-        """Send a failed, cancelled, expired or dead-lettered job again, with its
-        original arguments and options; returns the id it runs under (the same id,
-        except for a cancelled job: workers remember revoked ids)."""
+        """Send a failed, cancelled, expired or dead-lettered job again, as it was sent:
+        arguments, queue, singleton key, per-send retry policy, priority, time limits and
+        expiry window (counted from now; an expired job runs without one). Due now: no
+        countdown. Returns the id it runs under (the same id, except for a cancelled
+        job: workers remember revoked ids). ``InvalidTransition`` when another job holds
+        its singleton key."""
         job = self.get_job(job_id)
         if job.state not in RETRYABLE_STATES:
             raise InvalidTransition(
                 job_id, job.state.value, "retry", "a failed, cancelled, expired or dead job"
             )
         if job.state in (JobState.DEAD_LETTER, JobState.EXPIRED):
-            dead = self.link.fetch(self.link.jobs.find_dead, task_id=job_id)
-            if dead:
-                moved = self.link.fetch(
-                    self.link.jobs.dead_redrive,
-                    ids=[DeadRow(*dead[0]).id],
-                    all=False,
-                    queue=None,
+            # Its stored message goes back as it was (a sweep may bury it meanwhile).
+            for _ in range(2):
+                dead = self.link.fetch(self.link.jobs.find_dead, task_id=job_id)
+                if dead:
+                    return self._redrive(job, DeadRow(*dead[0]).id)
+                if self.link.fetch(
+                    self.link.jobs.revive_expired,
+                    task_id=job_id,
                     channel=self.link.notify_channel,
-                )
-                if not moved:
-                    raise InvalidTransition(
-                        job_id, job.state.value, "retry", "its singleton key to be free"
-                    )
-                return JobId(job_id)
+                ):
+                    return JobId(job_id)
         if not job.name:
             raise InvalidTransition(
                 job_id, job.state.value, "retry", "a stored task name (result_extended)"
             )
-        options: dict[str, Any] = {}
-        stored = self._stored_options(job_id)
-        for key in ("priority", "time_limit", "soft_time_limit"):
-            if stored.get(key) is not None:
-                options[key] = stored[key]
+        options = resend_options(self._stored_options(job_id), job.created_at)
         if job.queue:
             options["queue"] = job.queue
         new_id = job_id if job.state is JobState.FAILED else None
-        result: AsyncResult = self.app.send_task(
-            job.name,
-            args=tuple(job.args or ()),
-            kwargs=dict(job.kwargs or {}),
-            task_id=new_id,
+        sent = self.send(
+            job.name, dict(job.kwargs or {}), args=tuple(job.args or ()), task_id=new_id,
             **options,
+        )  # fmt: skip
+        if not sent.created:
+            raise InvalidTransition(
+                job_id,
+                job.state.value,
+                "retry",
+                f"its singleton key {options.get('singleton_key')!r} to be free; job {sent} "
+                "holds it, retry after that job ends",
+            )
+        return sent
+
+    def _redrive(self, job: Job, dead_id: int) -> JobId:
+        result = RedriveResult.of(
+            self.link.fetch(
+                self.link.jobs.dead_redrive,
+                ids=[dead_id],
+                all=False,
+                queue=None,
+                channel=self.link.notify_channel,
+            )
         )
-        return JobId(result.id)
+        if result.held:
+            raise InvalidTransition(
+                job.id, job.state.value, "retry", f"its key to be free: {result.held[0].reason}"
+            )
+        return JobId(job.id)
 
     def _stored_options(self, job_id: str) -> dict[str, Any]:
-        table = getattr(self.app.backend, "task_cls", None)
-        if table is None:
-            return {}
-        rows = self.link.fetch(
-            f"SELECT options FROM {qualified_name(table.__table__)} WHERE task_id = %(id)s",
-            id=job_id,
-        )
+        results = self._results()
+        rows = self.link.fetch(results.options, id=job_id) if results else None
         value = rows[0][0] if rows else None
         if isinstance(value, str):
             value = json.loads(value)

@@ -7,18 +7,26 @@ a message header that Celery's own retries keep passing on::
 
     @app.task(base=RoastTask, retry_policy=RetryPolicy(limit=5, delay=10))
     def evaluate(document_id): ...
+
+``JobManager.retry_job`` sends a finished job again as it was sent: ``stored_options``
+says how (kept in the result table's ``options`` column), ``resend_options`` turns that
+back into ``apply_async`` options.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from celery import Task
 from celery.exceptions import Ignore, Reject, Retry
 
+from roast_jobs.broker.payload import singleton_key
 from roast_jobs.config import get_settings
+
+from .singleton import SingletonTask
 
 #: The message header holding a per-send policy.
 HEADER = "roast_retry"
@@ -80,12 +88,13 @@ def policy_options(options: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class RoastTask(Task):
+class RoastTask(SingletonTask):
     """A Celery task that retries failures by its ``RetryPolicy``.
 
     Exceptions in ``retry_on`` (default: any) are retried with backoff until the limit,
     then fail the task; ``dont_retry_on`` fail at once. Celery's own ``self.retry()``,
-    ``Ignore`` and ``Reject`` pass through untouched.
+    ``Ignore`` and ``Reject`` pass through untouched. A duplicate singleton send answers
+    with the holder's result (``SingletonTask``).
     """
 
     abstract = True
@@ -119,3 +128,92 @@ class RoastTask(Task):
             raise self.retry(
                 exc=exc, countdown=policy.countdown(retries), max_retries=policy.limit, **extra
             ) from exc
+
+
+# -- how a job was sent, for retry_job ------------------------------------------------
+
+
+def stored_options(
+    priority: Any, timelimit: Any, key: str | None, policy: Any, expires: Any
+) -> dict[str, Any]:
+    """What the result table keeps of one send (JSON): enough to send the job again."""
+    paired = isinstance(timelimit, list | tuple) and len(timelimit) == 2
+    hard, soft = timelimit if paired else (None, None)
+    if isinstance(expires, datetime):
+        expires = expires.isoformat()
+    return {
+        "priority": priority,
+        "time_limit": hard,
+        "soft_time_limit": soft,
+        "singleton_key": key,
+        HEADER: policy if isinstance(policy, dict) else None,
+        "expires": expires if isinstance(expires, str) else None,
+    }
+
+
+def _key(props: Mapping[str, Any], headers: Mapping[str, Any]) -> str | None:
+    try:
+        return singleton_key(dict(props), dict(headers))
+    except ValueError:  # refused at send already; nothing to keep
+        return None
+
+
+def options_of_request(request: Any) -> dict[str, Any]:
+    """``stored_options`` of a task request (Celery's ``Context`` on the worker)."""
+    props = getattr(request, "properties", None)
+    props = props if isinstance(props, dict) else {}
+    headers = {"singleton_key": getattr(request, "singleton_key", None)}
+    return stored_options(
+        (getattr(request, "delivery_info", None) or {}).get("priority"),
+        getattr(request, "timelimit", None),
+        _key(props, headers),
+        getattr(request, HEADER, None),
+        getattr(request, "expires", None),
+    )
+
+
+def options_of_message(message: Mapping[str, Any]) -> dict[str, Any]:
+    """``stored_options`` of a stored kombu message (a broker row's payload)."""
+    props = message.get("properties")
+    props = props if isinstance(props, dict) else {}
+    headers = message.get("headers")
+    headers = headers if isinstance(headers, dict) else {}
+    return stored_options(
+        props.get("priority"),
+        headers.get("timelimit"),
+        _key(props, headers),
+        headers.get(HEADER),
+        headers.get("expires"),
+    )
+
+
+def resend_options(stored: Mapping[str, Any], sent_at: datetime | None) -> dict[str, Any]:
+    """``apply_async`` options sending a job again as ``stored`` says it was sent.
+
+    No countdown or eta: the retry is due now. An expiry keeps its window (the original
+    expiry minus when the job was sent), counted from now: the original moment has
+    passed, and a retry that expires at once would be no retry.
+    """
+    out: dict[str, Any] = {}
+    for name in ("priority", "time_limit", "soft_time_limit", "singleton_key"):
+        if stored.get(name) is not None:
+            out[name] = stored[name]
+    policy = stored.get(HEADER)
+    if isinstance(policy, dict) and policy:
+        out["headers"] = {HEADER: policy}
+    window = _window(stored.get("expires"), sent_at)
+    if window is not None:
+        out["expires"] = window
+    return out
+
+
+def _window(expires: Any, sent_at: datetime | None) -> float | None:
+    if not isinstance(expires, str) or sent_at is None:
+        return None
+    try:
+        when = datetime.fromisoformat(expires)
+    except ValueError:
+        return None
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    seconds = (when - sent_at).total_seconds()
+    return seconds if seconds > 0 else None

@@ -56,7 +56,11 @@ class MessageRow:
 
     @property
     def expired(self) -> bool:
-        return self.expires_at is not None and self.expires_at <= self.now
+        """Past its TTL, or a Celery task past its ``expires`` (a worker will revoke it)."""
+        if self.expires_at is not None and self.expires_at <= self.now:
+            return True
+        expires = _parse_time(self.headers().get("expires"))
+        return expires is not None and expires <= self.now
 
     def headers(self) -> dict[str, Any]:
         try:
@@ -137,8 +141,19 @@ def _jsonable(value: Any) -> bool:
     return True
 
 
+def _parse_time(value: Any) -> datetime | None:
+    if not value:
+        return None
+    try:
+        when = datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
 def _aware(value: datetime | None) -> datetime | None:
-    # Celery's date_done is a naive UTC timestamp.
+    # The result table's times come aware (date_done through sql.DONE_AT); a naive one
+    # would be UTC, as Celery's own are.
     if value is None or value.tzinfo is not None:
         return value
     return value.replace(tzinfo=UTC)
@@ -223,7 +238,16 @@ def derive(
             **common,
         )
     if status == states.REVOKED:
-        return Job(job_id, JobState.CANCELLED, completed_at=done, error=_error(result), **common)
+        # A worker revokes a task it received after its ``expires``: TaskRevokedError('expired').
+        expired = str(result) == "expired"
+        return Job(
+            job_id,
+            JobState.EXPIRED if expired else JobState.CANCELLED,
+            completed_at=done,
+            error=_error(result),
+            reason="expired" if expired else None,
+            **common,
+        )
     if status == states.RETRY:
         return Job(job_id, JobState.RETRY, error=_error(result), **common)
     if status == states.STARTED:

@@ -10,6 +10,7 @@ import roast_jobs.broker  # noqa: F401 - registers postgresql:// for kombu
 from roast_jobs.config import Settings, get_settings
 from roast_jobs.jobs.maintenance import MaintenanceStep
 from roast_jobs.jobs.results import sqlalchemy_url
+from roast_jobs.jobs.singleton import SingletonTask
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -52,7 +53,8 @@ def make_celery(
     settings: Settings | None = None, main: str = "roast_jobs", **overrides: Any
 ) -> Celery:
     settings = settings or get_settings()
-    app = Celery(main)
+    # Plain @app.task tasks get singleton-aware sends: a duplicate returns the holder's result.
+    app = Celery(main, task_cls=SingletonTask)
     app.conf.update(celery_config(settings), **overrides)
     # Retention and clean-up, one worker at a time.
     app.steps["worker"].add(MaintenanceStep)

@@ -8,7 +8,13 @@ The tables (see ``SCHEMA``):
 - ``queue``: declared queues and their AMQP options (message TTL, expiry).
 - ``binding``: exchange -> queue routes, shared by every process.
 - ``dead_letter``: messages that could not be delivered, with why and to whom they went.
+- ``consumer``: who consumes which queue, kept alive by its process; an ``auto_delete``
+  queue goes when its last consumer does.
 - ``meta``: schema version and maintenance bookkeeping.
+
+Delivery tags are ``"<id>:<receipt>"``: every claim (and a retry that replaces a held
+row) moves the row's ``receipt`` on, so an ack, renewal or reject names one delivery and
+can never touch a later delivery of the same row.
 
 Statements use psycopg's named parameters; the schema name is validated and quoted here
 and nowhere else.
@@ -20,7 +26,7 @@ import re
 from dataclasses import dataclass
 from functools import cache
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 PRIORITIES = tuple(range(9, -1, -1))  # served highest first
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -105,6 +111,17 @@ CREATE UNIQUE INDEX IF NOT EXISTS message_singleton_idx
 ALTER TABLE {s}.dead_letter ADD COLUMN IF NOT EXISTS singleton_key text;
 CREATE INDEX IF NOT EXISTS dead_letter_dead_at_idx ON {s}.dead_letter (dead_at);
 
+-- Version 3: receipts (one per delivery), consumers shared across processes.
+ALTER TABLE {s}.message ADD COLUMN IF NOT EXISTS receipt integer NOT NULL DEFAULT 0;
+ALTER TABLE {s}.queue ADD COLUMN IF NOT EXISTS consumed boolean NOT NULL DEFAULT false;
+CREATE TABLE IF NOT EXISTS {s}.consumer (
+    queue text NOT NULL,
+    consumer text NOT NULL,
+    alive_until timestamptz NOT NULL,
+    PRIMARY KEY (queue, consumer)
+);
+DELETE FROM {s}.meta WHERE key IN ('broker_maintenance', 'job_maintenance');
+
 INSERT INTO {s}.meta (key, value) VALUES ('schema_version', '{version}')
     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()
     WHERE {s}.meta.value::int < EXCLUDED.value::int;
@@ -114,6 +131,14 @@ INSERT INTO {s}.meta (key, value) VALUES ('schema_version', '{version}')
 _DEAD_COLS = (
     "id, queue, priority, created_at, delivery_count, delivered_to, task_id, singleton_key, payload"
 )
+
+# The deliveries a statement acts on: delivery tags split into parallel id/receipt arrays.
+_TAGS = "unnest(%(ids)s::bigint[], %(receipts)s::int[]) AS t(id, receipt)"
+_OF_TAGS = "m.id = t.id AND m.receipt = t.receipt"
+
+# When a row becomes claimable, as seconds from the database's own clock: never compared
+# with the host's, so clock skew between hosts cannot make a consumer spin or sleep.
+_DUE_IN = "extract(epoch FROM {v} - now())::float8"
 
 # The (queue, priority) pairs to scan, in serving order, come in as two parallel arrays;
 # a nested loop over them walks the claim index once per pair and stops at the LIMIT, so
@@ -138,6 +163,7 @@ class Statements:
     schema: str
     ddl: str
     current_version: str
+    schema_exists: str
     lock_schema: str
     publish: str
     publish_exchange: str
@@ -156,6 +182,10 @@ class Statements:
     requeue: str
     bury: str
     bury_row: str
+    add_consumer: str
+    keep_consumers: str
+    lock_queue: str
+    remove_consumer: str
     size: str
     purge: str
     has_queue: str
@@ -167,11 +197,15 @@ class Statements:
     listen: str
     ping: str
     delete_queue: str
+    reclaim_leases: str
     sweep_messages: str
+    sweep_consumers: str
     sweep_queues: str
     maintenance_lock: str
+    maintenance_unlock: str
     maintenance_due: str
     maintenance_done: str
+    maintenance_last: str
 
 
 @cache
@@ -186,6 +220,10 @@ def statements(schema: str) -> Statements:
         schema=schema,
         ddl=SCHEMA.replace("{s}", s).replace("{version}", str(SCHEMA_VERSION)),
         current_version=q("SELECT value FROM {s}.meta WHERE key = 'schema_version'"),
+        # Read-only callers (the CLI) must not create the schema by looking at it.
+        schema_exists=q(
+            "SELECT to_regclass('{s}.meta') IS NOT NULL AND to_regclass('{s}.message') IS NOT NULL"
+        ),
         # Many workers may start at once: serialise schema creation per schema name.
         lock_schema="SELECT pg_advisory_xact_lock(hashtext('roast_jobs_broker:' || %(schema)s))",
         publish=q(
@@ -201,7 +239,7 @@ def statements(schema: str) -> Statements:
                 RETURNING id, visible_at
             )
             SELECT id, pg_notify(%(channel)s, CASE WHEN visible_at > now()
-                THEN %(queue)s || chr(31) || extract(epoch FROM visible_at)::text
+                THEN %(queue)s || chr(31) || extract(epoch FROM visible_at - now())::text
                 ELSE %(queue)s END)
             FROM ins
             """
@@ -221,7 +259,7 @@ def statements(schema: str) -> Statements:
                 RETURNING queue, visible_at
             )
             SELECT queue, pg_notify(%(channel)s, CASE WHEN min(visible_at) > now()
-                THEN queue || chr(31) || extract(epoch FROM min(visible_at))::text
+                THEN queue || chr(31) || extract(epoch FROM min(visible_at) - now())::text
                 ELSE queue END)
             FROM ins GROUP BY queue
             """
@@ -272,14 +310,15 @@ def statements(schema: str) -> Statements:
                 ON CONFLICT (queue, singleton_key) WHERE singleton_key IS NOT NULL DO UPDATE
                 SET priority = EXCLUDED.priority, visible_at = EXCLUDED.visible_at,
                     expires_at = EXCLUDED.expires_at, payload = EXCLUDED.payload,
-                    lease_owner = NULL, delivery_count = 0
+                    lease_owner = NULL, delivery_count = 0, receipt = m.receipt + 1
                 WHERE m.task_id IS NOT DISTINCT FROM EXCLUDED.task_id
                 RETURNING m.id, m.queue, m.task_id, m.singleton_key, m.visible_at
             )
             SELECT i.id, i.queue, i.task_id, i.singleton_key,
                    (SELECT count(*) FROM (
                         SELECT pg_notify(%(channel)s, CASE WHEN min(n.visible_at) > now()
-                            THEN n.queue || chr(31) || extract(epoch FROM min(n.visible_at))::text
+                            THEN n.queue || chr(31)
+                                 || extract(epoch FROM min(n.visible_at) - now())::text
                             ELSE n.queue END)
                         FROM ins n GROUP BY n.queue) AS woken)
             FROM ins i
@@ -304,10 +343,15 @@ def statements(schema: str) -> Statements:
             WHERE singleton_key = ANY(%(keys)s::text[])
             """
         ),
+        # Acks ride along (a delivery is deleted only if it is still that delivery); rows
+        # delivered max_deliveries times are buried instead of claimed and come back with
+        # a NULL payload, so the caller counts them as claimed but delivers nothing.
         claim=q(
             f"""
             WITH acked AS (
-                DELETE FROM {{s}}.message WHERE id = ANY(%(acks)s) AND lease_owner = %(owner)s
+                DELETE FROM {{s}}.message m USING unnest(%(ack_ids)s::bigint[],
+                                                         %(ack_receipts)s::int[]) AS t(id, receipt)
+                WHERE {_OF_TAGS}
             ),
             picked AS ({_READY}),
             poison AS (
@@ -320,33 +364,38 @@ def statements(schema: str) -> Statements:
                 SELECT {_DEAD_COLS},
                        'delivered ' || delivery_count || ' times without an ack'
                 FROM poison
+            ),
+            claimed AS (
+                UPDATE {{s}}.message m
+                SET lease_owner = %(owner)s, visible_at = {lease},
+                    delivery_count = m.delivery_count + 1, receipt = m.receipt + 1,
+                    delivered_to = array_append(m.delivered_to, %(owner)s)
+                FROM picked p
+                WHERE m.id = p.id AND p.delivery_count < %(max_deliveries)s
+                RETURNING p.ord, m.id, m.receipt, m.queue, m.delivery_count, m.payload,
+                          extract(epoch FROM m.created_at)::float8 AS created
             )
-            UPDATE {{s}}.message m
-            SET lease_owner = %(owner)s, visible_at = {lease},
-                delivery_count = m.delivery_count + 1,
-                delivered_to = array_append(m.delivered_to, %(owner)s)
-            FROM picked p
-            WHERE m.id = p.id AND p.delivery_count < %(max_deliveries)s
-            RETURNING p.ord, m.id, m.queue, m.delivery_count, m.payload,
-                      extract(epoch FROM m.created_at)::float8
+            SELECT * FROM claimed
+            UNION ALL
+            SELECT NULL, id, receipt, queue, delivery_count, NULL, NULL FROM poison
             """
         ),
         claim_noack=q(
             f"""
             WITH picked AS ({_READY})
             DELETE FROM {{s}}.message m USING picked p WHERE m.id = p.id
-            RETURNING p.ord, m.id, m.queue, m.delivery_count + 1, m.payload,
+            RETURNING p.ord, m.id, m.receipt + 1, m.queue, m.delivery_count + 1, m.payload,
                       extract(epoch FROM m.created_at)::float8
             """
         ),
-        # Earliest time a row of these queues becomes claimable (a delay ends or a lease
+        # Seconds until a row of these queues becomes claimable (a delay ends or a lease
         # runs out): one index probe per (queue, priority).
         next_due=q(
-            """
-            SELECT extract(epoch FROM min(m.visible_at))::float8
+            f"""
+            SELECT {_DUE_IN.format(v="min(m.visible_at)")}
             FROM unnest(%(queues)s::text[], %(prios)s::smallint[]) AS k(queue, prio)
             CROSS JOIN LATERAL (
-                SELECT visible_at FROM {s}.message
+                SELECT visible_at FROM {{s}}.message
                 WHERE queue = k.queue AND priority = k.prio AND visible_at > now()
                 ORDER BY visible_at LIMIT 1
             ) m
@@ -354,34 +403,37 @@ def statements(schema: str) -> Statements:
         ),
         renew=q(
             f"""
-            UPDATE {{s}}.message SET visible_at = {lease}
-            WHERE id = ANY(%(ids)s) AND lease_owner = %(owner)s
-            RETURNING id
+            UPDATE {{s}}.message m SET visible_at = {lease}
+            FROM {_TAGS}
+            WHERE {_OF_TAGS} AND m.lease_owner IS NOT NULL
+            RETURNING m.id, m.receipt
             """
         ),
-        ack=q("DELETE FROM {s}.message WHERE id = ANY(%(ids)s) AND lease_owner = %(owner)s"),
+        ack=q(f"DELETE FROM {{s}}.message m USING {_TAGS} WHERE {_OF_TAGS}"),
         # Graceful hand-back (shutdown, recover): not counted as a delivery, and the message
         # keeps its place in line.
         release=q(
-            """
+            f"""
             WITH r AS (
-                UPDATE {s}.message
-                SET lease_owner = NULL, visible_at = LEAST(visible_at, created_at),
-                    delivery_count = GREATEST(delivery_count - 1, 0)
-                WHERE id = ANY(%(ids)s) AND lease_owner = %(owner)s
-                RETURNING queue
+                UPDATE {{s}}.message m
+                SET lease_owner = NULL, visible_at = LEAST(m.visible_at, m.created_at),
+                    delivery_count = GREATEST(m.delivery_count - 1, 0)
+                FROM {_TAGS}
+                WHERE {_OF_TAGS} AND m.lease_owner IS NOT NULL
+                RETURNING m.queue
             )
             SELECT pg_notify(%(channel)s, queue) FROM (SELECT DISTINCT queue FROM r) d
             """
         ),
         # reject(requeue=True): counted, so a task that keeps killing its worker is buried.
         requeue=q(
-            """
+            f"""
             WITH r AS (
-                UPDATE {s}.message
-                SET lease_owner = NULL, visible_at = LEAST(visible_at, created_at)
-                WHERE id = ANY(%(ids)s) AND lease_owner = %(owner)s
-                RETURNING queue
+                UPDATE {{s}}.message m
+                SET lease_owner = NULL, visible_at = LEAST(m.visible_at, m.created_at)
+                FROM {_TAGS}
+                WHERE {_OF_TAGS} AND m.lease_owner IS NOT NULL
+                RETURNING m.queue
             )
             SELECT pg_notify(%(channel)s, queue) FROM (SELECT DISTINCT queue FROM r) d
             """
@@ -389,9 +441,8 @@ def statements(schema: str) -> Statements:
         bury=q(
             f"""
             WITH moved AS (
-                DELETE FROM {{s}}.message
-                WHERE id = ANY(%(ids)s) AND (%(owner)s::text IS NULL OR lease_owner = %(owner)s)
-                RETURNING *
+                DELETE FROM {{s}}.message m USING {_TAGS} WHERE {_OF_TAGS}
+                RETURNING m.*
             )
             INSERT INTO {{s}}.dead_letter ({_DEAD_COLS}, reason)
             SELECT {_DEAD_COLS}, %(reason)s FROM moved
@@ -404,6 +455,48 @@ def statements(schema: str) -> Statements:
             VALUES (%(id)s, %(queue)s, 0, now(), %(delivery_count)s, NULL, NULL, NULL,
                     %(payload)s, %(reason)s)
             ON CONFLICT (id) DO NOTHING
+            """
+        ),
+        # Consumers are rows kept alive by their process (as leases are), so an
+        # auto_delete queue is deleted when its last consumer, in any process, goes.
+        add_consumer=q(
+            """
+            WITH c AS (
+                INSERT INTO {s}.consumer (queue, consumer, alive_until)
+                VALUES (%(queue)s, %(consumer)s, now() + make_interval(secs => %(ttl)s))
+                ON CONFLICT (queue, consumer) DO UPDATE SET alive_until = EXCLUDED.alive_until
+            )
+            UPDATE {s}.queue SET consumed = true, last_used = now()
+            WHERE name = %(queue)s AND NOT consumed
+            """
+        ),
+        keep_consumers=q(
+            """
+            UPDATE {s}.consumer SET alive_until = now() + make_interval(secs => %(ttl)s)
+            WHERE consumer = ANY(%(consumers)s::text[])
+            """
+        ),
+        # Run in a transaction after ``lock_queue``: two last consumers cancelling at once
+        # then go one after the other, and the second sees that the first has gone.
+        lock_queue=q("SELECT 1 FROM {s}.queue WHERE name = %(queue)s FOR UPDATE"),
+        remove_consumer=q(
+            """
+            WITH gone AS (
+                DELETE FROM {s}.consumer WHERE queue = %(queue)s AND consumer = %(consumer)s
+            ),
+            doomed AS (
+                SELECT name FROM {s}.queue q
+                WHERE q.name = %(queue)s AND q.auto_delete
+                  AND NOT EXISTS (
+                      SELECT 1 FROM {s}.consumer c
+                      WHERE c.queue = q.name AND c.consumer <> %(consumer)s
+                        AND c.alive_until > now())
+            ),
+            dm AS (DELETE FROM {s}.message WHERE queue IN (SELECT name FROM doomed)),
+            db AS (DELETE FROM {s}.binding WHERE queue IN (SELECT name FROM doomed)),
+            dc AS (DELETE FROM {s}.consumer WHERE queue IN (SELECT name FROM doomed)),
+            dq AS (DELETE FROM {s}.queue WHERE name IN (SELECT name FROM doomed) RETURNING 1)
+            SELECT count(*) FROM dq
             """
         ),
         size=q(
@@ -466,12 +559,27 @@ def statements(schema: str) -> Statements:
         delete_queue=q(
             """
             WITH dm AS (DELETE FROM {s}.message WHERE queue = %(queue)s RETURNING 1),
-            db AS (DELETE FROM {s}.binding WHERE queue = %(queue)s)
+            db AS (DELETE FROM {s}.binding WHERE queue = %(queue)s),
+            dc AS (DELETE FROM {s}.consumer WHERE queue = %(queue)s)
             DELETE FROM {s}.queue WHERE name = %(queue)s
             """
         ),
-        # Expired messages go away; a Celery task's (it has an id) is kept as a dead letter
-        # so that "what happened to task X" still has an answer.
+        # -- maintenance: each statement is one short step of the pass (maintenance.py) --
+        # Leases whose owner stopped renewing: hand the rows back so that they read as
+        # waiting (a claim would take them anyway; this keeps the state API honest).
+        reclaim_leases=q(
+            """
+            WITH r AS (
+                UPDATE {s}.message SET lease_owner = NULL
+                WHERE lease_owner IS NOT NULL AND visible_at <= now()
+                RETURNING 1
+            )
+            SELECT count(*) FROM r
+            """
+        ),
+        # Messages past their TTL (x-message-ttl, or the per-message expiration) go away;
+        # a Celery task's (it has an id) is kept as a dead letter so that "what happened
+        # to task X" still has an answer.
         sweep_messages=q(
             f"""
             WITH gone AS (
@@ -487,33 +595,49 @@ def statements(schema: str) -> Statements:
             SELECT count(*) FROM gone
             """
         ),
+        # Consumers whose process stopped keeping them alive (killed, cut off).
+        sweep_consumers=q(
+            """
+            WITH gone AS (DELETE FROM {s}.consumer WHERE alive_until <= now() RETURNING 1)
+            SELECT count(*) FROM gone
+            """
+        ),
+        # Queues unused past their x-expires, and auto_delete queues whose last consumer
+        # is gone; a queue somebody still consumes never goes.
         sweep_queues=q(
             """
             WITH dq AS (
-                DELETE FROM {s}.queue
-                WHERE expires IS NOT NULL AND last_used + expires < now()
+                DELETE FROM {s}.queue q
+                WHERE ((q.expires IS NOT NULL AND q.last_used + q.expires < now())
+                       OR (q.auto_delete AND q.consumed))
+                  AND NOT EXISTS (
+                      SELECT 1 FROM {s}.consumer c
+                      WHERE c.queue = q.name AND c.alive_until > now())
                 RETURNING name
             ),
             db AS (DELETE FROM {s}.binding WHERE queue IN (SELECT name FROM dq)),
+            dc AS (DELETE FROM {s}.consumer WHERE queue IN (SELECT name FROM dq)),
             dm AS (DELETE FROM {s}.message WHERE queue IN (SELECT name FROM dq))
             SELECT count(*) FROM dq
             """
         ),
-        maintenance_lock=(
-            "SELECT pg_try_advisory_xact_lock(hashtext('roast_jobs_maint:' || %(schema)s))"
-        ),
+        # One pass at a time per schema, cluster-wide: a session lock, held by the one
+        # connection that runs every step of the pass.
+        maintenance_lock="SELECT pg_try_advisory_lock(hashtext('roast_jobs_maint:' || %(schema)s))",
+        maintenance_unlock="SELECT pg_advisory_unlock(hashtext('roast_jobs_maint:' || %(schema)s))",
         maintenance_due=q(
             """
             SELECT NOT EXISTS (
-                SELECT 1 FROM {s}.meta WHERE key = 'broker_maintenance'
+                SELECT 1 FROM {s}.meta WHERE key = 'maintenance'
                 AND updated_at > now() - make_interval(secs => %(interval)s))
             """
         ),
         maintenance_done=q(
             """
             INSERT INTO {s}.meta (key, value, updated_at)
-            VALUES ('broker_maintenance', %(value)s, now())
+            VALUES ('maintenance', %(value)s, now())
             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()
             """
         ),
+        maintenance_last=q("SELECT value, updated_at FROM {s}.meta WHERE key = 'maintenance'"),
     )

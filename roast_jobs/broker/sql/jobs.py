@@ -27,6 +27,7 @@ class JobStatements:
     find_message: str
     find_dead: str
     cancel_waiting: str
+    revive_expired: str
     queue_status: str
     dead_status: str
     dead_list: str
@@ -34,10 +35,6 @@ class JobStatements:
     dead_redrive: str
     dead_purge: str
     dead_purge_older: str
-    reclaim_leases: str
-    maintenance_lock: str
-    maintenance_record: str
-    maintenance_last: str
 
 
 @cache
@@ -67,7 +64,30 @@ def job_statements(schema: str) -> JobStatements:
             """
             DELETE FROM {s}.message
             WHERE task_id = %(task_id)s AND (lease_owner IS NULL OR visible_at <= now())
-            RETURNING id, queue, payload
+            RETURNING id, queue, payload, created_at
+            """
+        ),
+        # An expired message a sweep has not buried yet, sent again under its id and key
+        # (one statement: the key passes from the old row to the new one), without the
+        # expiry, or the worker would discard it again.
+        revive_expired=q(
+            """
+            WITH gone AS (
+                DELETE FROM {s}.message
+                WHERE task_id = %(task_id)s
+                  AND (expires_at <= now()
+                       OR (payload::jsonb #>> '{headers,expires}')::timestamptz <= now())
+                  AND (lease_owner IS NULL OR visible_at <= now())
+                RETURNING queue, priority, task_id, singleton_key, payload
+            ),
+            ins AS (
+                INSERT INTO {s}.message (queue, priority, task_id, singleton_key, payload)
+                SELECT queue, priority, task_id, singleton_key,
+                       (payload::jsonb #- '{headers,expires}')::text
+                FROM gone
+                RETURNING id, queue
+            )
+            SELECT id, queue, pg_notify(%(channel)s, queue) FROM ins
             """
         ),
         queue_status=q(
@@ -101,32 +121,72 @@ def job_statements(schema: str) -> JobStatements:
         ),
         dead_get=q(f"SELECT {_DEAD_COLS} FROM {{s}}.dead_letter WHERE id = %(id)s"),
         # Back to the original queue as a fresh message (delivery count 0, due now). An
-        # expired task loses its expiry, or the worker would discard it again. A dead
-        # letter whose singleton key is held by a live message stays where it is.
+        # expired task loses its expiry, or the worker would discard it again. One dead
+        # letter per (queue, singleton key) goes, the oldest; one whose key a live message
+        # holds stays, as do the others of its key. The insert skips a held key (ON
+        # CONFLICT), so a sender taking it meanwhile holds the letter back instead of
+        # failing the statement. Message ids are drawn beforehand to pair each inserted
+        # row with its letter. Rows: (dead letter id, queue, task id, key, new message id
+        # or NULL, NULL or why held back: 'held' | 'duplicate', the holder: a task id or
+        # the id of the letter that went).
         dead_redrive=q(
             """
-            WITH moved AS (
-                DELETE FROM {s}.dead_letter d
-                WHERE (d.id = ANY(%(ids)s)
-                       OR (%(all)s AND (%(queue)s::text IS NULL OR d.queue = %(queue)s)))
-                  AND NOT EXISTS (
-                      SELECT 1 FROM {s}.message m
-                      WHERE m.queue = d.queue AND m.singleton_key = d.singleton_key)
-                RETURNING d.*
+            WITH picked AS MATERIALIZED (
+                SELECT d.id, d.queue, d.priority, d.task_id, d.singleton_key, d.reason,
+                       d.payload
+                FROM {s}.dead_letter d
+                WHERE d.id = ANY(%(ids)s)
+                   OR (%(all)s AND (%(queue)s::text IS NULL OR d.queue = %(queue)s))
+                ORDER BY d.id
+                FOR UPDATE
+            ),
+            firsts AS MATERIALIZED (
+                SELECT DISTINCT ON (p.queue, p.singleton_key IS NULL,
+                                    COALESCE(p.singleton_key, p.id::text)) p.*
+                FROM picked p
+                ORDER BY p.queue, p.singleton_key IS NULL,
+                         COALESCE(p.singleton_key, p.id::text), p.id
+            ),
+            numbered AS MATERIALIZED (
+                SELECT f.*, nextval(pg_get_serial_sequence('{s}.message', 'id')) AS new_id
+                FROM firsts f
             ),
             ins AS (
-                INSERT INTO {s}.message (queue, priority, task_id, singleton_key, payload)
-                SELECT queue, priority, task_id, singleton_key,
+                INSERT INTO {s}.message (id, queue, priority, task_id, singleton_key, payload)
+                OVERRIDING SYSTEM VALUE
+                SELECT new_id, queue, priority, task_id, singleton_key,
                        CASE WHEN reason = 'expired'
                             THEN (payload::jsonb #- '{headers,expires}')::text
                             ELSE payload END
-                FROM moved ORDER BY id
-                RETURNING id, queue, task_id
+                FROM numbered ORDER BY new_id
+                ON CONFLICT (queue, singleton_key) WHERE singleton_key IS NOT NULL DO NOTHING
+                RETURNING id, queue
+            ),
+            gone AS (
+                DELETE FROM {s}.dead_letter d USING numbered n, ins i
+                WHERE d.id = n.id AND i.id = n.new_id
+            ),
+            woken AS (
+                SELECT count(*) AS n
+                FROM (SELECT pg_notify(%(channel)s, queue) FROM ins GROUP BY queue) AS w
             )
-            SELECT i.id, i.queue, i.task_id,
-                   (SELECT count(*) FROM (SELECT pg_notify(%(channel)s, n.queue)
-                                          FROM ins n GROUP BY n.queue) AS woken)
-            FROM ins i
+            SELECT p.id, p.queue, p.task_id, p.singleton_key, i.id,
+                   CASE WHEN i.id IS NOT NULL THEN NULL
+                        WHEN f.id = p.id OR fi.id IS NULL THEN 'held'
+                        ELSE 'duplicate' END,
+                   CASE WHEN i.id IS NOT NULL THEN NULL
+                        WHEN f.id = p.id OR fi.id IS NULL THEN (
+                            SELECT m.task_id FROM {s}.message m
+                            WHERE m.queue = p.queue AND m.singleton_key = p.singleton_key)
+                        ELSE f.id::text END
+            FROM picked p
+            LEFT JOIN numbered f
+                   ON f.queue = p.queue AND f.singleton_key IS NOT DISTINCT FROM p.singleton_key
+                  AND (p.singleton_key IS NOT NULL OR f.id = p.id)
+            LEFT JOIN ins i ON i.id = f.new_id AND f.id = p.id
+            LEFT JOIN ins fi ON fi.id = f.new_id
+            CROSS JOIN woken
+            ORDER BY p.id
             """
         ),
         dead_purge=q(
@@ -150,27 +210,4 @@ def job_statements(schema: str) -> JobStatements:
             SELECT count(*) FROM gone
             """
         ),
-        # Leases whose owner stopped renewing: hand the rows back so that they read as
-        # waiting (a claim would take them anyway; this keeps the state API honest).
-        reclaim_leases=q(
-            """
-            WITH r AS (
-                UPDATE {s}.message SET lease_owner = NULL
-                WHERE lease_owner IS NOT NULL AND visible_at <= now()
-                RETURNING 1
-            )
-            SELECT count(*) FROM r
-            """
-        ),
-        maintenance_lock=(
-            "SELECT pg_try_advisory_xact_lock(hashtext('roast_jobs_jobs_maint:' || %(schema)s))"
-        ),
-        maintenance_record=q(
-            """
-            INSERT INTO {s}.meta (key, value, updated_at)
-            VALUES ('job_maintenance', %(value)s, now())
-            ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()
-            """
-        ),
-        maintenance_last=q("SELECT value, updated_at FROM {s}.meta WHERE key = 'job_maintenance'"),
     )
