@@ -32,20 +32,22 @@ def jm() -> Iterator[JobManager]:
         yield manager
 
 
-def start_worker(name: str, queue: str, concurrency: int = 2) -> CeleryWorker:
-    worker = CeleryWorker(
-        name, app="tests.apps.jobs_app", concurrency=concurrency, args=["-Q", queue]
-    )
+def start_worker(
+    name: str, queue: str, concurrency: int = 2, app: str = "tests.apps.jobs_app"
+) -> CeleryWorker:
+    worker = CeleryWorker(name, app=app, concurrency=concurrency, args=["-Q", queue])
     worker.start(timeout=120)
     return worker
 
 
-def worker_fixture(name: str, queue: str) -> Callable[..., Iterator[CeleryWorker]]:
-    """A module-scoped fixture: one worker of ``tests.apps.jobs_app`` on ``queue``."""
+def worker_fixture(
+    name: str, queue: str, app: str = "tests.apps.jobs_app"
+) -> Callable[..., Iterator[CeleryWorker]]:
+    """A module-scoped fixture: one worker of ``app`` on ``queue``."""
 
     @pytest.fixture(scope="module")
     def worker(jm: JobManager) -> Iterator[CeleryWorker]:
-        w = start_worker(name, queue)
+        w = start_worker(name, queue, app=app)
         try:
             yield w
         finally:

@@ -16,7 +16,7 @@ from roast_jobs.jobs.state import task_call
 from tests.apps.facts_app import job_fail_then_hold
 from tests.apps.jobs_app import job_record, record_run
 from tests.conftest import BROKER_SCHEMA, DATABASE_URL
-from tests.jobs_support import jm, new_queue, runs, wait_until
+from tests.jobs_support import jm, new_queue, runs, wait_until, worker_fixture
 from tests.workers import CeleryWorker
 
 __all__ = ["jm"]
@@ -25,14 +25,7 @@ QUEUE = new_queue("retry-opts")
 IDLE = new_queue("retry-opts-idle")
 
 
-@pytest.fixture(scope="module")
-def worker(jm: JobManager) -> Any:
-    w = CeleryWorker("retryopts", app="tests.apps.facts_app", args=["-Q", QUEUE])
-    w.start(timeout=120)
-    try:
-        yield w
-    finally:
-        w.stop()
+worker = worker_fixture("retryopts", QUEUE, app="tests.apps.facts_app")
 
 
 def payload_of(task_id: str) -> tuple[int, str]:

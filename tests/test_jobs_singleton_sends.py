@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -16,7 +15,7 @@ from roast_jobs.jobs import JobManager, TaskCall, enqueue_in
 from tests.apps.facts_app import job_early_ack
 from tests.apps.jobs_app import job_hold, job_record, record_run
 from tests.conftest import BROKER_SCHEMA, DATABASE_URL, broker_url
-from tests.jobs_support import jm, new_queue, wait_until
+from tests.jobs_support import jm, new_queue, wait_until, worker_fixture
 from tests.workers import CeleryWorker
 
 __all__ = ["jm"]
@@ -25,14 +24,7 @@ QUEUE = new_queue("sends")
 IDLE = new_queue("sends-idle")
 
 
-@pytest.fixture(scope="module")
-def worker(jm: JobManager) -> Iterator[CeleryWorker]:
-    w = CeleryWorker("sends", app="tests.apps.facts_app", args=["-Q", QUEUE])
-    w.start(timeout=120)
-    try:
-        yield w
-    finally:
-        w.stop()
+worker = worker_fixture("sends", QUEUE, app="tests.apps.facts_app")
 
 
 def holders(key: str) -> list[str]:
