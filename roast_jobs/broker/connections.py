@@ -11,6 +11,7 @@ its own.
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 import weakref
@@ -281,6 +282,10 @@ def close_pools(schema: str | None = None) -> int:
     for pool in gone:
         pool.clear()
     return len(gone)
+
+
+# Idle sessions end with the process, cleanly (not as "deleted while still open").
+atexit.register(close_pools)
 
 
 def get_listen_pool(conninfo: str, options: BrokerOptions) -> Pool:
