@@ -176,6 +176,13 @@ def derive(
         "started_at": _aware(res.date_started) if res else None,
         "priority": (res.options or {}).get("priority") if res else None,
     }
+    done = _aware(res.date_done) if res else None
+    final = status in states.READY_STATES
+    if msg is not None and msg.leased and final and done is not None and done >= msg.created_at:
+        # This run's result is stored and its ack is on the way (acks come after the
+        # result): the job is finished, not running. A result older than the message is
+        # an earlier run's (a retry under the same id), and the message tells the state.
+        msg = None
     if msg is not None:
         headers = msg.headers()
         retries = int(headers.get("retries") or 0)
@@ -206,8 +213,6 @@ def derive(
             delivery_count=msg.delivery_count,
             **common,
         )
-    done = _aware(res.date_done) if res else None
-    final = status in states.READY_STATES
     if dead is not None and not (final and done is not None and done > dead.dead_at):
         return Job(
             job_id,
