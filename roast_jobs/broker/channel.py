@@ -19,7 +19,6 @@ from .capture import PsycopgSink, Published, Row, Sink, current_target
 from .connections import CONNECTION_ERRORS
 from .payload import BadPayload, decode, delivery_tag, envelope, split_tags
 from .sql import PRIORITIES
-from .writer import MessageWriter
 
 if TYPE_CHECKING:
     from .transport import Transport
@@ -132,17 +131,12 @@ class Channel(virtual.Channel):
         else:
             # The hot path: one autocommit statement on the durable pool.
             with self.transport.pool.connection() as conn:
-                self.writer.insert_one(Row(exchange, routing_key, env), PsycopgSink(conn))
-
-    @property
-    def writer(self) -> MessageWriter:
-        t = self.transport
-        return MessageWriter(t.sql, t.pool, t.notify_channel)
+                self.transport.writer.insert_one(Row(exchange, routing_key, env), PsycopgSink(conn))
 
     def write_rows(self, rows: Iterable[Row], sink: Sink | None) -> list[Published]:
         """Write ``rows`` in the caller's transaction (``sink``) or on the durable pool;
         what became of each, in order."""
-        return self.writer.write(rows, sink)
+        return self.transport.writer.write(rows, sink)
 
     # -- queues, exchanges, bindings -------------------------------------------------
 
@@ -419,16 +413,7 @@ class Channel(virtual.Channel):
             self.flush_acks()
 
     def flush_acks(self) -> None:
-        """Send every pending ack of this process's broker (one retry on a fresh
-        connection); on failure they stay pending for the next claim or flush."""
-        send = self._ack_statement
-        try:
-            self.acks.flush(send)
-        except CONNECTION_ERRORS:
-            self.acks.flush(send)
-
-    def _ack_statement(self, tags: list[str]) -> None:
-        self._run(self.sql.ack, **split_tags(tags))
+        self.transport.send_acks()
 
     def basic_reject(self, delivery_tag: Any, requeue: bool = False) -> None:
         tags = split_tags([delivery_tag])

@@ -33,6 +33,7 @@ from .maintenance import ensure_schema, run_pass
 from .options import BrokerOptions
 from .payload import split_tags
 from .sql import statements
+from .writer import MessageWriter
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ class Transport(virtual.Transport):
         self.sql = statements(self.options.schema)
         self.notify_channel = self.options.schema
         self.outbox = outbox_for(conninfo, self.options.schema)
+        self.writer = MessageWriter(self.sql, self.pool, self.notify_channel)
         self._pid = os.getpid()
         self._listener: Listener | None = None
         self._hub: Any = None
@@ -92,7 +94,7 @@ class Transport(virtual.Transport):
         self._last_renewal = time.monotonic()
         self._keeper: KeepAlive | None = None
         self._flush_entry: Any = None
-        # Woken after deliveries made outside the loop's readable phase (see _poke).
+        # Woken after deliveries made outside the loop's readable phase (see _poke_if).
         self._poke_r: int | None = None
         self._poke_w: int | None = None
         self._poked = False
@@ -184,12 +186,24 @@ class Transport(virtual.Transport):
             # Acked but not yet durable: keep them ours until the ack lands.
             channels[0].renew(acked)
 
+    def send_acks(self) -> None:
+        """Send every pending ack of this process's broker (one retry on a fresh
+        connection); on failure they stay pending for the next claim or flush."""
+
+        def send(tags: list[str]) -> None:
+            with self.fast_pool.connection() as conn:
+                conn.execute(self.sql.ack, split_tags(tags))
+
+        try:
+            self.outbox.flush(send)
+        except CONNECTION_ERRORS:
+            self.outbox.flush(send)
+
     def _flush_outbox(self, why: str) -> None:
         if not len(self.outbox) or os.getpid() != self._pid:
             return
         try:
-            with self.fast_pool.connection() as conn:
-                self.outbox.flush(lambda tags: conn.execute(self.sql.ack, split_tags(tags)))
+            self.send_acks()
         except Exception as exc:
             logger.warning(
                 "%s %d ack(s) failed (%r); they stay pending", why, len(self.outbox), exc
