@@ -467,7 +467,11 @@ def find_pg_bindir(runner: RunAs) -> Path:
         if not all((path / tool).is_file() for tool in ("initdb", "pg_ctl", "postgres")):
             tried.append(f"{path}: no initdb/pg_ctl/postgres")
             continue
-        proc = runner.run([str(path / "postgres"), "--version"], timeout=30)
+        try:
+            proc = runner.run([str(path / "postgres"), "--version"], timeout=30)
+        except OSError as exc:  # e.g. a checkout in a folder the runner cannot enter
+            tried.append(f"{path}: {exc}")
+            continue
         if proc.returncode == 0:
             return path
         tried.append(f"{path}: {proc.stdout.strip()}")
