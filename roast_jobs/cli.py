@@ -1,9 +1,8 @@
-"""The ``roast-jobs`` command: demo, worker, database set-up; jobs, dead letters and
-maintenance (``cli_jobs``)."""
+"""The ``roast-jobs`` command: demo, database set-up; jobs, dead letters and
+maintenance (``cli_jobs``); worker, beat, flags, batches and imports (``cli_domain``)."""
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -12,11 +11,9 @@ from types import FrameType
 
 import click
 
-from roast_jobs import cli_jobs
+from roast_jobs import cli_domain, cli_jobs
 from roast_jobs.cli_jobs import check_database
 from roast_jobs.config import Settings, get_settings, override_settings
-
-DEMO_APP = "roast_jobs.tasks.demo"
 
 
 def database_url(settings: Settings) -> str:
@@ -48,7 +45,90 @@ def cli() -> None:
     """roast-jobs: a PostgreSQL broker for Celery, and the RoastMyPost job system on it."""
 
 
+@contextmanager
+def demo_database() -> Iterator[str]:
+    """DATABASE_URL; without it, an embedded PostgreSQL in ROAST_JOBS_DATA_DIR, started
+    here and stopped on the way out (the settings of this process point at it)."""
+    from roast_jobs import embedded
+
+    settings = get_settings()
+    if settings.database_url:
+        url = database_url(settings)
+        click.echo(f"using DATABASE_URL ({_masked(url)})")
+        yield url
+        return
+    click.echo(f"DATABASE_URL is not set: starting an embedded PostgreSQL in {settings.data_dir}/")
+    server = embedded.EmbeddedPostgres(settings.data_dir)
+    try:
+        try:
+            url = server.start()
+        except embedded.EmbeddedPostgresError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"embedded PostgreSQL ({server.bindir}) at {url}")
+        override_settings(database_url=url)
+        yield url
+    finally:
+        server.stop()
+        click.echo("embedded PostgreSQL stopped")
+
+
 @cli.command()
+@click.option(
+    "--documents",
+    "-n",
+    type=click.IntRange(min=1, max=5000),
+    default=60,
+    show_default=True,
+    help="Documents in the first batch (the second, after the flip, has a quarter).",
+)
+@click.option(
+    "--percent",
+    type=click.IntRange(min=0, max=100),
+    default=30,
+    show_default=True,
+    help="Canary: percent of new jobs sent to Celery before the flip.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for the jobs after the last batch is created.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines while waiting.")
+def demo(documents: int, percent: int, timeout: float, quiet: bool) -> None:
+    """The RoastMyPost job flow on both backends: a legacy worker and a Celery worker, a
+    canary rollout splitting a batch, an article import, a live flag flip, a summary.
+
+    Uses DATABASE_URL when set (adding rows of its own, deleting nothing); otherwise
+    starts an embedded PostgreSQL in ROAST_JOBS_DATA_DIR (default .roast-jobs/) and stops
+    it at the end. Exits 0 when every job completed.
+    """
+    ok = False
+    own_database = not get_settings().database_url  # the embedded one: the demo's own
+    with terminate_as_interrupt():
+        try:
+            with demo_database() as url:
+                from roast_jobs import demo_domain
+
+                try:
+                    ok = demo_domain.run(
+                        url,
+                        documents=documents,
+                        percent=percent,
+                        timeout=timeout,
+                        quiet=quiet,
+                        own_database=own_database,
+                        echo=click.echo,
+                    )
+                except demo_domain.DemoError as exc:
+                    raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+    sys.exit(0 if ok else 1)
+
+
+@cli.command("demo-broker")
 @click.option(
     "--tasks",
     "-n",
@@ -66,81 +146,79 @@ def cli() -> None:
     help="Seconds to wait for the tasks after the last one is due.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="One progress line per batch, not per task.")
-def demo(tasks: int, seed: int | None, timeout: float, quiet: bool) -> None:
-    """Run a worker and a few hundred tasks with mixed priorities and delays.
+def demo_broker(tasks: int, seed: int | None, timeout: float, quiet: bool) -> None:
+    """The broker alone: a worker and a few hundred tasks with mixed priorities and delays.
 
     Uses DATABASE_URL when set; otherwise starts an embedded PostgreSQL in
     ROAST_JOBS_DATA_DIR (default .roast-jobs/) and stops it at the end.
     """
-    from roast_jobs import embedded
-
-    settings = get_settings()
-    server: embedded.EmbeddedPostgres | None = None
     ok = False
     with terminate_as_interrupt():
         try:
-            if settings.database_url:
-                url = database_url(settings)
-                click.echo(f"using DATABASE_URL ({_masked(url)})")
-            else:
-                click.echo(
-                    f"DATABASE_URL is not set: starting an embedded PostgreSQL in "
-                    f"{settings.data_dir}/"
-                )
-                server = embedded.EmbeddedPostgres(settings.data_dir)
-                try:
-                    url = server.start()
-                except embedded.EmbeddedPostgresError as exc:
-                    raise click.ClickException(str(exc)) from None
-                click.echo(f"embedded PostgreSQL ({server.bindir}) at {url}")
-                override_settings(database_url=url)
-            from roast_jobs import demo as runner
-            from roast_jobs.tasks.demo import app
+            with demo_database() as url:
+                from roast_jobs import demo as runner
+                from roast_jobs.tasks.demo import app
 
-            try:
-                ok = runner.run(app, url, tasks, seed, timeout, quiet, click.echo)
-            except runner.DemoError as exc:
-                raise click.ClickException(str(exc)) from None
+                try:
+                    ok = runner.run(app, url, tasks, seed, timeout, quiet, click.echo)
+                except runner.DemoError as exc:
+                    raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
-        finally:
-            if server is not None:
-                server.stop()
-                click.echo("embedded PostgreSQL stopped")
     sys.exit(0 if ok else 1)
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@cli.command("legacy-worker")
 @click.option(
-    "--app", "-A", "app_name", default=DEMO_APP, show_default=True, help="The Celery app to run."
+    "--max-workers",
+    type=click.IntRange(min=1, max=20),
+    default=None,
+    help="Jobs run at once [default: ROAST_JOBS_LEGACY_MAX_WORKERS or 5].",
 )
-@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=2, show_default=True)
-@click.option("--pool", "-P", default="prefork", show_default=True)
-@click.option("--loglevel", "-l", default="INFO", show_default=True)
-@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def worker(
-    app_name: str, concurrency: int, pool: str, loglevel: str, celery_args: tuple[str, ...]
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds between polls [default: ROAST_JOBS_LEGACY_POLL_INTERVAL or 1].",
+)
+@click.option(
+    "--shutdown-timeout",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="On SIGTERM/SIGINT, seconds to let running jobs finish before killing them.",
+)
+def legacy_worker(
+    max_workers: int | None, poll_interval: float | None, shutdown_timeout: float
 ) -> None:
-    """Run `celery -A APP worker` on DATABASE_URL; extra arguments go to celery."""
-    database_url(get_settings())
-    cmd = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        app_name,
-        "worker",
-        "-P",
-        pool,
-        "-c",
-        str(concurrency),
-        "-l",
-        loglevel,
-        *celery_args,
-    ]
-    click.echo(" ".join(cmd[1:]), err=True)
-    sys.stdout.flush()
-    os.execv(sys.executable, cmd)  # the worker gets our pid, so signals reach it directly
+    """Run the legacy poller: claim PENDING legacy jobs, one process per job.
+
+    SIGTERM or Ctrl-C stops claiming and waits for running jobs; a second one kills them
+    (their jobs fail and are retried).
+    """
+    import logging
+
+    from roast_jobs.domain.evaluator import EvaluatorConfigError, load_evaluator
+    from roast_jobs.legacy.worker import LegacyWorker
+
+    settings = get_settings()
+    url = database_url(settings)
+    try:
+        load_evaluator()  # a bad ROAST_JOBS_EVALUATOR stops us here, not in every job
+    except EvaluatorConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
+    )
+    legacy = LegacyWorker(
+        url,
+        max_workers=max_workers or settings.legacy_max_workers,
+        poll_interval=poll_interval or settings.legacy_poll_interval,
+        shutdown_timeout=shutdown_timeout,
+    )
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: legacy.stop())
+    legacy.run()
 
 
 @cli.group()
@@ -165,6 +243,48 @@ def db_init() -> None:
     )
 
 
+def _migration_error(exc: Exception) -> click.ClickException:
+    """SQLAlchemy's and Alembic's messages run over lines; the first one says it."""
+    lines = str(exc).strip().splitlines()
+    return click.ClickException(f"migration failed: {lines[0] if lines else type(exc).__name__}")
+
+
+@db.command("upgrade")
+@click.pass_context
+def db_upgrade(ctx: click.Context) -> None:
+    """Migrate the application tables to the newest revision, then run `db init`: one
+    command readies a deployment (safe to run again, and from several hosts at once)."""
+    from alembic.util import CommandError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from roast_jobs.db import migrate
+
+    url = database_url(get_settings())
+    try:
+        before = migrate.current(url)
+        migrate.upgrade(url)
+        after = migrate.current(url)
+    except (SQLAlchemyError, CommandError) as exc:
+        raise _migration_error(exc) from None
+    click.echo(f"database at revision {after} (was: {before or 'none'})")
+    ctx.invoke(db_init)
+
+
+@db.command("current")
+def db_current() -> None:
+    """Print the database's schema revision, or "none" before the first `db upgrade`."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from roast_jobs.db import migrate
+
+    url = database_url(get_settings())
+    try:
+        revision = migrate.current(url)
+    except SQLAlchemyError as exc:
+        raise _migration_error(exc) from None
+    click.echo(revision or "none")
+
+
 def _masked(url: str) -> str:
     from roast_jobs.broker.connections import mask_url
 
@@ -172,6 +292,7 @@ def _masked(url: str) -> str:
 
 
 cli_jobs.register(cli)
+cli_domain.register(cli)
 
 
 def main() -> None:

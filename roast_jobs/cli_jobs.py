@@ -172,7 +172,8 @@ def _json_option(fn: F) -> F:
 
 @click.group()
 def jobs() -> None:
-    """Look at and steer jobs (Celery tasks on the roast-jobs broker) by id.
+    """Look at and steer jobs (Celery tasks on the roast-jobs broker) by id. get, retry
+    and cancel take a RoastMyPost job's id too (a "Job" row of DATABASE_URL, without -A).
 
     \b
     roast-jobs jobs -A proj.celery:app get JOB_ID
@@ -185,6 +186,10 @@ def jobs() -> None:
 @_json_option
 def jobs_get(job_id: str, as_json: bool) -> None:
     """A job's state, times, worker, result or error."""
+    from roast_jobs import cli_domain  # a RoastMyPost "Job" row's id: the domain's view
+
+    if cli_domain.get_domain_job(job_id, as_json):
+        return
     with _manager(read_only=True) as jm:
         job = jm.get_job(job_id).as_dict()
     if as_json:
@@ -218,21 +223,39 @@ def jobs_status(queue: str | None, window: float, as_json: bool) -> None:
 
 @jobs.command("retry")
 @click.argument("job_id")
-def jobs_retry(job_id: str) -> None:
+@_json_option
+def jobs_retry(job_id: str, as_json: bool) -> None:
     """Send a failed, cancelled, expired or dead-lettered job again."""
+    from roast_jobs import cli_domain
+
+    if cli_domain.retry_domain_job(job_id, as_json):
+        return
     with _manager() as jm:
         new_id = jm.retry_job(job_id)
-    click.echo(new_id)
+    if as_json:
+        _echo_json({"id": new_id, "retried": job_id})
+    else:
+        click.echo(new_id)
 
 
 @jobs.command("cancel")
 @click.argument("job_id")
 @click.option("--terminate", is_flag=True, help="Kill the process running it.")
-def jobs_cancel(job_id: str, terminate: bool) -> None:
-    """Remove a waiting or delayed job; revoke a running one."""
+@click.option("--reason", default=None, help="Why (kept on a RoastMyPost job's row).")
+@_json_option
+def jobs_cancel(job_id: str, terminate: bool, reason: str | None, as_json: bool) -> None:
+    """Remove a waiting or delayed job; revoke a running one. A RoastMyPost job is
+    CANCELLED for good, its running task killed."""
+    from roast_jobs import cli_domain
+
+    if cli_domain.cancel_domain_job(job_id, reason, as_json):
+        return
     with _manager() as jm:
         job = jm.cancel_job(job_id, terminate=terminate)
-    click.echo(f"{job_id}: {job.state.value}")
+    if as_json:
+        _echo_json(job.as_dict())
+    else:
+        click.echo(f"{job_id}: {job.state.value}")
 
 
 @click.group()

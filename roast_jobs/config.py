@@ -40,6 +40,38 @@ class Settings(BaseSettings):
     delete_after_days: float = Field(default=7.0, gt=0)
     maintenance_interval: float = Field(default=60.0, gt=0)
 
+    # -- the RoastMyPost job domain ---------------------------------------------------------
+    # Feature flags: these override the FeatureFlag table when set (None: the table rules).
+    use_celery: bool | None = None
+    celery_rollout_percent: int | None = Field(default=None, ge=0, le=100)
+    # How often a process re-reads the FeatureFlag table (a change reaches it within this).
+    flag_refresh_seconds: float = Field(default=2.0, gt=0)
+    # The legacy poller (RoastMyPost's ADAPTIVE_* defaults).
+    legacy_poll_interval: float = Field(default=1.0, gt=0)
+    legacy_max_workers: int = Field(default=5, ge=1, le=20)
+    legacy_kill_grace_seconds: float = Field(default=5.0, ge=0)
+    legacy_stale_check_seconds: float = Field(default=300.0, gt=0)
+    stale_job_seconds: float = Field(default=1800.0, gt=0)
+    stale_pending_seconds: float = Field(default=600.0, gt=0)
+    # Runs of one evaluation job (first run included), on either backend.
+    evaluation_max_attempts: int = Field(default=3, ge=1)
+    # The evaluator, "module:Class"; the default is offline and deterministic.
+    evaluator: str = "roast_jobs.domain.offline_evaluator:OfflineEvaluator"
+    # Overrides every agent's time limit (seconds) on both backends: tests, emergencies.
+    evaluation_time_limit: float | None = Field(default=None, gt=0)
+    # Batches up to this many documents are created inline, larger ones by the batch task.
+    batch_inline_max: int = Field(default=100, ge=1)
+    batch_chunk_size: int = Field(default=500, ge=1)
+    # Article import: private, loopback and link-local addresses are refused unless set.
+    import_allow_private: bool = False
+    # Networks accepted although not public, comma-separated CIDRs (e.g. an intranet
+    # wiki, or 127.0.0.1/32 in tests); narrower than import_allow_private.
+    import_allow_networks: str = ""
+    import_connect_timeout: float = Field(default=10.0, gt=0)
+    import_read_timeout: float = Field(default=30.0, gt=0)
+    import_max_bytes: int = Field(default=5_000_000, gt=0)
+    import_max_redirects: int = Field(default=5, ge=0)
+
     # Where `roast-jobs demo` keeps its embedded PostgreSQL when DATABASE_URL is unset.
     data_dir: str = ".roast-jobs"
 

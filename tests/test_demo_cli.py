@@ -47,7 +47,7 @@ def roast_jobs(*args: str, env: dict[str, str] | None = None, timeout: float = 2
 
 
 def test_demo_on_the_test_database() -> None:
-    proc = roast_jobs("demo", "--tasks", "40", "--seed", "7")
+    proc = roast_jobs("demo-broker", "--tasks", "40", "--seed", "7")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "finished      40/40 tasks" in proc.stdout, proc.stdout
     assert "all 40 tasks finished" in proc.stdout, proc.stdout
@@ -61,7 +61,7 @@ def test_demo_starts_and_stops_an_embedded_postgres(data_dir: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env["ROAST_JOBS_DATA_DIR"] = str(data_dir)
     proc = subprocess.run(
-        [sys.executable, "-m", "roast_jobs.cli", "demo", "--tasks", "20", "--quiet"],
+        [sys.executable, "-m", "roast_jobs.cli", "demo-broker", "--tasks", "20", "--quiet"],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -130,9 +130,9 @@ def test_db_init_creates_both_schemas(db: psycopg.Connection) -> None:
 @pytest.mark.parametrize(
     ("args", "env", "expected"),
     [
-        (["demo", "--tasks", "0"], {}, "Invalid value for '--tasks'"),
-        (["demo", "--tasks", "many"], {}, "Invalid value for '--tasks'"),
-        (["demo"], {"DATABASE_URL": "mysql://app@localhost/app"}, "bad DATABASE_URL"),
+        (["demo-broker", "--tasks", "0"], {}, "Invalid value for '--tasks'"),
+        (["demo-broker", "--tasks", "many"], {}, "Invalid value for '--tasks'"),
+        (["demo-broker"], {"DATABASE_URL": "mysql://app@localhost/app"}, "bad DATABASE_URL"),
         (["db", "init"], {"DATABASE_URL": "not a url"}, "bad DATABASE_URL"),
         (
             ["worker"],

@@ -1,0 +1,1 @@
+"""RoastMyPost's tables (SQLAlchemy models with Prisma's names), sessions and migrations."""

@@ -1,0 +1,138 @@
+"""Batch progress and completion, derived from the batch's jobs (there is no status column).
+
+A batch is complete when all its jobs exist and none is PENDING or RUNNING. Whichever job
+ends last records ``completedAt``, once: the finishing transaction locks the batch row
+before it looks, so two jobs ending together cannot both miss each other (each would see
+the other still RUNNING under READ COMMITTED without the lock).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+# How many jobs a batch will have: one per entry of requestedDocumentIds (roast-jobs
+# stores the planned documents there, repeats included); legacy batches made before
+# that have only targetCount.
+_EXPECTED = """coalesce(nullif(cardinality(b."requestedDocumentIds"), 0), b."targetCount", 0)"""
+
+_COMPLETE = f"""
+UPDATE "AgentEvalBatch" b SET "completedAt" = CURRENT_TIMESTAMP
+ WHERE b.id = :batch_id AND b."completedAt" IS NULL
+   AND (SELECT count(*) FROM "Job" j
+         WHERE j."agentEvalBatchId" = b.id AND j."originalJobId" IS NULL) >= {_EXPECTED}
+   AND NOT EXISTS (SELECT 1 FROM "Job" j
+                    WHERE j."agentEvalBatchId" = b.id AND j.status IN ('PENDING', 'RUNNING'))
+RETURNING b.id
+"""
+
+_SWEEP = f"""
+SELECT b.id FROM "AgentEvalBatch" b
+ WHERE b."completedAt" IS NULL
+   AND EXISTS (SELECT 1 FROM "Job" j WHERE j."agentEvalBatchId" = b.id)
+   AND (SELECT count(*) FROM "Job" j
+         WHERE j."agentEvalBatchId" = b.id AND j."originalJobId" IS NULL) >= {_EXPECTED}
+   AND NOT EXISTS (SELECT 1 FROM "Job" j
+                    WHERE j."agentEvalBatchId" = b.id AND j.status IN ('PENDING', 'RUNNING'))
+ LIMIT :limit
+"""
+
+_PROGRESS = f"""
+SELECT b.id, b."agentId", b.name, b."createdAt", b."completedAt", {_EXPECTED} AS expected,
+       count(j.id) FILTER (WHERE j."originalJobId" IS NULL) AS created,
+       count(j.id) AS total,
+       count(j.id) FILTER (WHERE j.status = 'PENDING') AS pending,
+       count(j.id) FILTER (WHERE j.status = 'RUNNING') AS running,
+       count(j.id) FILTER (WHERE j.status = 'COMPLETED') AS completed,
+       count(j.id) FILTER (WHERE j.status = 'FAILED') AS failed,
+       count(j.id) FILTER (WHERE j.status = 'CANCELLED') AS cancelled,
+       count(j.id) FILTER (WHERE j.backend = 'legacy') AS legacy,
+       count(j.id) FILTER (WHERE j.backend = 'celery') AS celery
+  FROM "AgentEvalBatch" b LEFT JOIN "Job" j ON j."agentEvalBatchId" = b.id
+ WHERE b.id = :batch_id
+ GROUP BY b.id
+"""
+
+
+def complete_if_done(session: Session, batch_id: str | None) -> bool:
+    """Record the batch's completion if this transaction's change ended its last job."""
+    if batch_id is None:
+        return False
+    locked = session.execute(
+        text('SELECT 1 FROM "AgentEvalBatch" WHERE id = :b AND "completedAt" IS NULL FOR UPDATE'),
+        {"b": batch_id},
+    ).first()
+    if locked is None:
+        return False
+    return session.execute(text(_COMPLETE), {"batch_id": batch_id}).first() is not None
+
+
+def sweep(session: Session, limit: int = 500) -> list[str]:
+    """Complete the batches whose completion was missed (maintenance)."""
+    ids = [row[0] for row in session.execute(text(_SWEEP), {"limit": limit})]
+    return [batch_id for batch_id in ids if complete_if_done(session, batch_id)]
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    id: str
+    agent_id: str
+    name: str | None
+    created_at: datetime
+    completed_at: datetime | None
+    expected: int
+    created: int
+    total: int
+    pending: int
+    running: int
+    completed: int
+    failed: int
+    cancelled: int
+    legacy: int
+    celery: int
+
+    @property
+    def is_complete(self) -> bool:
+        return self.completed_at is not None
+
+    @property
+    def progress(self) -> float:
+        """Percent of the planned jobs that completed (the legacy UI's figure)."""
+        return 100.0 * self.completed / self.expected if self.expected else 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        out = dict(self.__dict__)
+        out["is_complete"] = self.is_complete
+        out["progress"] = round(self.progress, 1)
+        return out
+
+
+def progress(session: Session, batch_id: str) -> BatchProgress | None:
+    row = session.execute(text(_PROGRESS), {"batch_id": batch_id}).mappings().first()
+    if row is None:
+        return None
+    return BatchProgress(
+        id=row["id"],
+        agent_id=row["agentId"],
+        name=row["name"],
+        created_at=row["createdAt"],
+        completed_at=row["completedAt"],
+        **{
+            k: int(row[k])
+            for k in (
+                "expected",
+                "created",
+                "total",
+                "pending",
+                "running",
+                "completed",
+                "failed",
+                "cancelled",
+                "legacy",
+                "celery",
+            )
+        },
+    )

@@ -1,0 +1,1 @@
+"""The legacy queue: RoastMyPost's ``Job`` table as its poller saw it, and that poller."""

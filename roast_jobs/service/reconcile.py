@@ -1,0 +1,76 @@
+"""Reconciling Celery-path ``Job`` rows with the broker (the real system's reconciler).
+
+A RUNNING job not updated for ``stale_job_seconds`` (30 min), or a PENDING one not updated
+for ``stale_pending_seconds`` (10 min), whose broker message is no longer live (waiting,
+delayed, running or retrying) is marked FAILED with the reason. Its batch is checked in the
+same transaction. Legacy rows are the legacy worker's business (its stale sweep).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import text
+
+from roast_jobs.config import get_settings
+from roast_jobs.db.models import JobStatus
+from roast_jobs.domain import job_records
+from roast_jobs.jobs.errors import JobNotFound as BrokerJobNotFound
+from roast_jobs.jobs.state import CANCELLABLE_STATES
+
+from .job_service import JobService
+
+_CANDIDATES = """
+SELECT id, status, "brokerJobId" FROM "Job"
+ WHERE backend = 'celery'
+   AND ((status = 'RUNNING' AND "updatedAt" < CURRENT_TIMESTAMP - make_interval(secs => :running))
+     OR (status = 'PENDING' AND "updatedAt" < CURRENT_TIMESTAMP - make_interval(secs => :pending)))
+ ORDER BY "updatedAt"
+ LIMIT :limit
+"""
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    job_id: str
+    was: str
+    reason: str
+
+
+def _live(service: JobService, broker_job_id: str | None) -> bool:
+    if not broker_job_id:
+        return False
+    try:
+        return service.manager.get_job(broker_job_id).state in CANCELLABLE_STATES
+    except BrokerJobNotFound:
+        return False
+
+
+def reconcile(service: JobService, limit: int = 200) -> list[Reconciled]:
+    settings = get_settings()
+    with service._tx() as session:
+        rows = session.execute(
+            text(_CANDIDATES),
+            {
+                "running": settings.stale_job_seconds,
+                "pending": settings.stale_pending_seconds,
+                "limit": limit,
+            },
+        ).all()
+    out = []
+    for job_id, status, broker_job_id in rows:
+        if _live(service, broker_job_id):
+            continue
+        if status == JobStatus.RUNNING.value:
+            reason = (
+                f"reconciled: RUNNING for more than {settings.stale_job_seconds:g} s "
+                "with no live broker message"
+            )
+        else:
+            reason = "reconciled: PENDING with no broker message"
+        with service._tx() as session:
+            # Only if it is still as we saw it: a run may have moved it meanwhile.
+            done = job_records.fail(session, job_id, reason, from_statuses=(JobStatus(status),))
+        if done is not None:
+            out.append(Reconciled(job_id, status, reason))
+    return out

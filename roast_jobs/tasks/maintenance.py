@@ -1,0 +1,29 @@
+"""The maintenance task, scheduled by ``roast-jobs beat``: the job features' pass
+(retention, clean-up), reconciliation of Celery-path ``Job`` rows with the broker, and
+the batch completion sweep."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from roast_jobs.db.session import transaction
+from roast_jobs.domain import batches
+from roast_jobs.jobs import run_maintenance
+from roast_jobs.service.job_service import MAINTENANCE_TASK
+from roast_jobs.service.reconcile import reconcile
+
+from .services import job_service
+from .worker import app
+
+
+@app.task(name=MAINTENANCE_TASK, acks_late=True)
+def maintenance() -> dict[str, Any]:
+    report = run_maintenance(app)
+    reconciled = reconcile(job_service())
+    with transaction() as session:
+        completed = batches.sweep(session)
+    return {
+        "maintenance": report.as_dict() if report is not None else "another pass was running",
+        "reconciled": [r.__dict__ for r in reconciled],
+        "batches_completed": completed,
+    }

@@ -1,0 +1,47 @@
+"""Helpers for the domain tests: a database of their own, with the app's schema."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+
+from tests.conftest import DATABASE_URL, RUN_ID
+
+
+def _admin_url() -> str:
+    return urlunsplit(urlsplit(DATABASE_URL)._replace(path="/postgres"))
+
+
+def database_url_for(name: str) -> str:
+    return urlunsplit(urlsplit(DATABASE_URL)._replace(path=f"/{name}"))
+
+
+def drop_database(name: str) -> None:
+    with psycopg.connect(_admin_url(), autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def fresh_database(upgrade: bool = True) -> Iterator[str]:
+    """A new, empty database (migrated unless ``upgrade`` is False), dropped afterwards."""
+    from roast_jobs.broker.connections import close_pools
+    from roast_jobs.db.session import dispose_engines
+
+    name = f"rjd_{RUN_ID}_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(_admin_url(), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = database_url_for(name)
+    try:
+        if upgrade:
+            from roast_jobs.db.migrate import upgrade as run_upgrade
+
+            run_upgrade(url)
+        yield url
+    finally:
+        dispose_engines()
+        close_pools()
+        drop_database(name)

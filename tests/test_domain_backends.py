@@ -1,0 +1,199 @@
+"""Both backends side by side, as during a rollout: a legacy worker and a Celery worker on
+one database. The same evaluation gives the same result on each; a flag change reaches
+running processes without a restart; a batch split between them completes once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from roast_jobs.db.session import transaction
+from roast_jobs.domain import sample_data
+from roast_jobs.service import flags
+from roast_jobs.service.job_service import JobService
+from tests.domain_support import fresh_database
+from tests.workers import REPO, CeleryWorker, wait_until
+
+EVALUATOR = "tests.apps.scripted_evaluator:ScriptedEvaluator"
+
+
+@pytest.fixture(scope="module")
+def app_db() -> Iterator[str]:
+    with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def service(app_db: str) -> Iterator[JobService]:
+    svc = JobService(app_db)
+    svc.manager  # noqa: B018 - the broker schema
+    yield svc
+    svc.close()
+
+
+@pytest.fixture(scope="module")
+def env(app_db: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return {
+        "DATABASE_URL": app_db,
+        "ROAST_JOBS_EVALUATOR": EVALUATOR,
+        "ROAST_TEST_STATE_DIR": str(tmp_path_factory.mktemp("state")),
+        "ROAST_JOBS_LEGACY_POLL_INTERVAL": "0.2",
+        "PYTHONPATH": str(REPO),
+    }
+
+
+@pytest.fixture(scope="module")
+def workers(env: dict[str, str], service: JobService) -> Iterator[None]:
+    celery = CeleryWorker(
+        "both", app="roast_jobs.tasks.worker", concurrency=2, args=["-Q", "evaluation"], env=env
+    )
+    legacy = subprocess.Popen(
+        [sys.executable, "-m", "roast_jobs.cli", "legacy-worker", "--max-workers", "3"],
+        cwd=REPO,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        celery.start(timeout=120)
+        yield
+    finally:
+        legacy.send_signal(signal.SIGTERM)
+        try:
+            legacy.wait(30)
+        except subprocess.TimeoutExpired:
+            legacy.kill()
+        celery.stop()
+
+
+@pytest.fixture(scope="module")
+def people(app_db: str) -> dict[str, str]:
+    with transaction(app_db) as s:
+        user = sample_data.create_user(s)
+        agent = sample_data.create_agent(s, user)
+    return {"user": user, "agent": agent}
+
+
+def rollout(service: JobService, percent: int) -> None:
+    flags.rollout(percent, "tests", service.url)
+    service.flags.invalidate()
+
+
+def fetch(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def status(url: str, job_id: str) -> str:
+    return fetch(url, 'SELECT status FROM "Job" WHERE id = %s', job_id)[0][0]
+
+
+def test_the_same_evaluation_gives_the_same_version_on_either_backend(
+    service: JobService, workers: None, people: dict[str, str]
+) -> None:
+    with transaction(service.url) as s:
+        [doc] = sample_data.create_documents(s, people["user"], 1, seed=42)
+    rollout(service, 0)
+    legacy = service.create_evaluation_job(doc, people["agent"])
+    assert legacy.backend == "legacy"
+    assert wait_until(lambda: status(service.url, legacy.id) == "COMPLETED", 60)
+    rollout(service, 100)
+    celery = service.create_evaluation_job(doc, people["agent"])
+    assert celery.backend == "celery"
+    assert wait_until(lambda: status(service.url, celery.id) == "COMPLETED", 60)
+    rows = fetch(
+        service.url,
+        "SELECT v.version, v.grade, v.summary, v.analysis, j.backend, "
+        'array(SELECT row(c.description, c.level, c.importance, h."startOffset", '
+        'h."endOffset", h."quotedText")::text FROM "EvaluationComment" c '
+        'JOIN "EvaluationHighlight" h ON h.id = c."highlightId" '
+        'WHERE c."evaluationVersionId" = v.id ORDER BY h."startOffset", c.description) '
+        'FROM "EvaluationVersion" v JOIN "Job" j ON j."evaluationVersionId" = v.id '
+        'WHERE v."evaluationId" = %s ORDER BY v.version',
+        legacy.evaluation_id,
+    )
+    assert [(r[0], r[4]) for r in rows] == [(1, "legacy"), (2, "celery")]
+    assert rows[0][1:4] == rows[1][1:4] and rows[0][5] == rows[1][5]
+    assert rows[0][5], "the evaluation has comments to compare"
+
+
+CREATOR = """
+import sys, time
+from roast_jobs.db.session import transaction
+from roast_jobs.service.job_service import JobService
+url, agent, docs = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+service = JobService(url)
+for doc in docs:
+    job = service.create_evaluation_job(doc, agent)
+    print(f"{time.time():.3f} {job.backend}", flush=True)
+    time.sleep(0.1)
+"""
+
+
+def test_a_flag_change_reaches_a_running_process_within_five_seconds(
+    service: JobService, people: dict[str, str], env: dict[str, str]
+) -> None:
+    rollout(service, 0)
+    with transaction(service.url) as s:
+        docs = sample_data.create_documents(s, people["user"], 120)
+    creator = subprocess.Popen(
+        [sys.executable, "-c", CREATOR, service.url, people["agent"], ",".join(docs)],
+        cwd=REPO,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[tuple[float, str]] = []
+    try:
+        assert creator.stdout is not None
+        for line in creator.stdout:
+            when, backend = line.split()
+            lines.append((float(when), backend))
+            if len(lines) == 20:
+                flipped_at = time.time()
+                rollout(service, 100)
+        creator.wait(30)
+    finally:
+        creator.kill()
+    assert creator.returncode == 0
+    before = [b for t, b in lines if t < flipped_at]
+    assert before and set(before) == {"legacy"}
+    first_celery = min(t for t, b in lines if b == "celery")
+    assert first_celery - flipped_at <= 5.0
+    # Once seen, the change holds: everything created later goes to Celery.
+    assert all(b == "celery" for t, b in lines if t >= first_celery)
+
+
+def test_a_batch_split_between_backends_completes_once_when_its_last_job_ends(
+    service: JobService, workers: None, people: dict[str, str]
+) -> None:
+    rollout(service, 50)
+    with transaction(service.url) as s:
+        docs = sample_data.create_documents(s, people["user"], 40, seed=7)
+    batch = service.create_batch_jobs(people["agent"], document_ids=docs, name="split")
+    backends = {j.backend for j in batch.jobs}
+    assert backends == {"legacy", "celery"}
+    done = wait_until(lambda: service.batch_progress(batch.id).is_complete, 90)
+    assert done, service.batch_progress(batch.id)
+    progress = service.batch_progress(batch.id)
+    assert progress.completed == 40 and progress.legacy + progress.celery == 40
+    [(completed_at, last_job)] = fetch(
+        service.url,
+        'SELECT b."completedAt", (SELECT max(j."completedAt") FROM "Job" j '
+        'WHERE j."agentEvalBatchId" = b.id) FROM "AgentEvalBatch" b WHERE b.id = %s',
+        batch.id,
+    )
+    # Recorded by the transaction of the job that ended last, not by a sweep later.
+    assert completed_at == last_job
+    time.sleep(0.5)
+    assert fetch(
+        service.url, 'SELECT "completedAt" FROM "AgentEvalBatch" WHERE id = %s', batch.id
+    ) == [(completed_at,)]
