@@ -17,213 +17,48 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import socket
-import statistics
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
-
-from sqlalchemy import text
 
 from roast_jobs.config import child_env, get_settings, override_settings
 from roast_jobs.db.session import transaction
 from roast_jobs.demo_pages import ArticleServer
+from roast_jobs.demo_report import (
+    Batch,
+    JobRow,
+    backend_summary,
+    batch_summary,
+    job_rows,
+    outcome,
+    progress_line,
+)
+from roast_jobs.demo_workers import (
+    CELERY_CONCURRENCY,
+    CELERY_QUEUES,
+    DemoError,
+    WorkerProcess,
+    stop_workers,
+    wait_ready,
+    worker_processes,
+)
 from roast_jobs.domain import sample_data
 from roast_jobs.domain.batches import BatchProgress
 from roast_jobs.service import flags as flag_store
-from roast_jobs.service.job_service import CreatedBatch, JobService
+from roast_jobs.service.job_service import JobService
+
+__all__ = ["DemoError", "DomainDemo", "run"]
 
 Echo = Callable[[str], None]
 
 WHO = "roast-jobs demo"
 LOOPBACK = "127.0.0.1/32"
-CELERY_QUEUES = "evaluation,batch,import"
-CELERY_CONCURRENCY = 2
-#: Seconds a warm shutdown may take before the worker's process group is killed.
-STOP_TIMEOUT = 15.0
 POLL_SECONDS = 0.25
 #: Environment overrides of the flags: the demo needs the table to rule.
 FLAG_OVERRIDES = ("ROAST_JOBS_USE_CELERY", "ROAST_JOBS_CELERY_ROLLOUT_PERCENT")
 _FINAL_TASK_STATES = {"completed", "failed", "cancelled", "expired", "dead_letter"}
-
-
-class DemoError(RuntimeError):
-    """The demo could not run; the message says why."""
-
-
-# -- worker subprocesses -----------------------------------------------------------------
-
-
-@dataclass
-class WorkerProcess:
-    """A worker subprocess in its own process group, its output in a log file."""
-
-    name: str
-    cmd: list[str]
-    ready_marker: str
-    env: dict[str, str]
-    proc: subprocess.Popen[bytes] | None = None
-    log_path: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        fd, path = tempfile.mkstemp(prefix=f"roast-jobs-demo-{self.name}-", suffix=".log")
-        os.close(fd)
-        self.log_path = Path(path)
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                self.cmd,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # Ctrl-C reaches the demo only; it stops us
-            )
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def ready(self) -> bool:
-        if not self.alive():
-            raise DemoError(f"the {self.name} worker exited at start:\n{self.log_tail()}")
-        return self.ready_marker in self.log()
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def log_tail(self, lines: int = 20) -> str:
-        return "\n".join(self.log().splitlines()[-lines:])
-
-    def terminate(self) -> None:
-        """Ask for a warm shutdown: running jobs finish, nothing new starts."""
-        if self.alive():
-            assert self.proc is not None
-            self.proc.send_signal(signal.SIGTERM)
-
-    def stop(self, deadline: float) -> str:
-        """Wait for the exit until ``deadline`` (monotonic), then SIGKILL what is left of
-        the group; says how it went."""
-        if self.proc is None:
-            return "not started"
-        how = "stopped" if self.proc.poll() is None else f"had exited ({self.proc.returncode})"
-        try:
-            self.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            how = "killed (still running at the deadline)"
-        with contextlib.suppress(ProcessLookupError):  # the pool children, if any
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-        return how
-
-
-def stop_workers(workers: Sequence[WorkerProcess], timeout: float = STOP_TIMEOUT) -> list[str]:
-    """SIGTERM to all at once, then each gets until ``timeout`` before SIGKILL."""
-    for w in workers:
-        w.terminate()
-    deadline = time.monotonic() + timeout
-    return [f"{w.name} {w.stop(deadline)}" for w in workers]
-
-
-def worker_processes(env: dict[str, str]) -> list[WorkerProcess]:
-    """The legacy worker and the Celery worker (not started yet)."""
-    host = f"demo-{os.getpid()}@{socket.gethostname()}"
-    return [
-        WorkerProcess(
-            "legacy",
-            [sys.executable, "-m", "roast_jobs.cli", "legacy-worker", "--shutdown-timeout", "10"],
-            "legacy worker started",
-            env,
-        ),
-        WorkerProcess(
-            "celery",
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "roast_jobs.tasks.worker",
-                "worker",
-                "-n",
-                host,
-                "-Q",
-                CELERY_QUEUES,
-                "-c",
-                str(CELERY_CONCURRENCY),
-                "-P",
-                "prefork",
-                "-l",
-                "INFO",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ],
-            f"{host} ready.",
-            env,
-        ),
-    ]
-
-
-def wait_ready(workers: Sequence[WorkerProcess], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not all(w.ready() for w in workers):
-        if time.monotonic() > deadline:
-            late = next(w for w in workers if not w.ready())
-            raise DemoError(
-                f"the {late.name} worker was not ready within {timeout:.0f} s:\n{late.log_tail()}"
-            )
-        time.sleep(0.1)
-
-
-# -- formatting --------------------------------------------------------------------------
-
-
-def seconds(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value < 10:
-        return f"{value * 1000:.0f} ms"
-    return f"{value:.1f} s"
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "  ") -> list[str]:
-    """Aligned columns: the first to the left, the others to the right."""
-    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
-
-    def line(cells: Sequence[str]) -> str:
-        parts = [
-            str(c).ljust(w) if i == 0 else str(c).rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return (indent + "  ".join(parts)).rstrip()
-
-    return [line(headers), *(line(r) for r in rows)]
-
-
-# -- the demo ----------------------------------------------------------------------------
-
-
-@dataclass
-class Batch:
-    label: str
-    agent_name: str
-    created: CreatedBatch
-    legacy: int = 0
-    celery: int = 0
 
 
 @dataclass(frozen=True)
@@ -235,26 +70,6 @@ class DemoRows:
     evidence_agent: str
     first_documents: list[str]
     second_documents: list[str]
-
-
-@dataclass
-class JobRow:
-    backend: str
-    status: str
-    pickup: float | None
-    run: float | None
-    grade: int | None
-
-
-_JOBS = """
-SELECT j.backend, j.status,
-       extract(epoch FROM j."startedAt" - j."createdAt")::float8 AS pickup,
-       coalesce(extract(epoch FROM j."completedAt" - j."startedAt")::float8,
-                j."durationInSeconds") AS run,
-       v.grade, coalesce(j."originalJobId", j.id) AS root
-  FROM "Job" j LEFT JOIN "EvaluationVersion" v ON v.id = j."evaluationVersionId"
- WHERE j."agentEvalBatchId" = ANY(:batches) OR j.id = ANY(:ids) OR j."originalJobId" = ANY(:ids)
-"""
 
 
 class DomainDemo:
@@ -500,12 +315,7 @@ class DomainDemo:
     # -- 6. wait and sum up --------------------------------------------------------------
 
     def _rows(self) -> list[tuple[JobRow, str]]:
-        with transaction(self.url) as s:
-            rows = s.execute(
-                text(_JOBS),
-                {"batches": [b.created.id for b in self.batches], "ids": self.extra_jobs},
-            ).all()
-        return [(JobRow(r[0], r[1], r[2], r[3], r[4]), r[5]) for r in rows]
+        return job_rows(self.url, [b.created.id for b in self.batches], self.extra_jobs)
 
     def _batches_done(self) -> list[BatchProgress]:
         assert self.service is not None
@@ -526,17 +336,7 @@ class DomainDemo:
             import_rows = [row for row, root in self._rows() if root in self.extra_jobs]
             import_done = all(r.status not in ("PENDING", "RUNNING") for r in import_rows)
             done = all(p.is_complete for p in progress) and import_done
-            parts = [
-                f"{b.label} {p.completed + p.failed + p.cancelled}/{p.expected}"
-                + (" done" if p.is_complete else "")
-                for b, p in zip(self.batches, progress, strict=True)
-            ]
-            if self.extra_jobs:
-                parts.append(
-                    f"import {sum(r.status == 'COMPLETED' for r in import_rows)}/"
-                    f"{len(self.extra_jobs)}"
-                )
-            line = "  ".join(parts)
+            line = progress_line(self.batches, progress, import_rows, len(self.extra_jobs))
             now = time.monotonic()
             if not self.quiet and line != last and (now - last_at >= 1 or done):
                 self.echo(f"  +{now - self.t0:5.1f}s  {line}")
@@ -558,100 +358,20 @@ class DomainDemo:
 
     def summary(self) -> bool:
         rows = self._rows()
-        self.say("")
-        self.say(
-            "summary (pickup: createdAt -> startedAt; run: startedAt -> completedAt; "
-            "grade: mean of the evaluations)"
-        )
-        table_rows = []
-        for name in ("legacy", "celery", "all"):
-            jobs = [r for r, _ in rows if name in (r.backend, "all")]
-            if not jobs:
-                continue
-            pickups = [r.pickup for r in jobs if r.pickup is not None]
-            runs = [r.run for r in jobs if r.run is not None and r.status == "COMPLETED"]
-            grades = [r.grade for r in jobs if r.grade is not None]
-            table_rows.append(
-                [
-                    name,
-                    str(len(jobs)),
-                    str(sum(r.status == "COMPLETED" for r in jobs)),
-                    str(sum(r.status == "FAILED" for r in jobs)),
-                    seconds(statistics.mean(pickups) if pickups else None),
-                    seconds(statistics.median(pickups) if pickups else None),
-                    seconds(statistics.mean(runs) if runs else None),
-                    seconds(statistics.median(runs) if runs else None),
-                    f"{statistics.mean(grades):.1f}" if grades else "-",
-                ]
-            )
-        headers = [
-            "backend",
-            "jobs",
-            "completed",
-            "failed",
-            "pickup mean",
-            "pickup p50",
-            "run mean",
-            "run p50",
-            "grade",
-        ]
-        for line in table(headers, table_rows):
+        for line in backend_summary(rows):
             self.say(line)
-        settings = get_settings()
-        self.say(
-            f"  legacy: a poll every {settings.legacy_poll_interval:g} s, a new process per job, "
-            f"up to {settings.legacy_max_workers} at once"
-        )
-        self.say(
-            f"  celery: {CELERY_CONCURRENCY} long-lived processes, woken by the broker "
-            "(LISTEN/NOTIFY)"
-        )
-        self.say(
-            "  grades differ by agent and document only: an evaluation grades the same on both"
-        )
-        self.say("")
         progress = self._batches_done()
-        batch_rows = []
-        for b, p in zip(self.batches, progress, strict=True):
-            took = (
-                f"{(p.completed_at - p.created_at).total_seconds():.1f} s"
-                if p.completed_at
-                else "-"
-            )
-            batch_rows.append(
-                [
-                    b.label,
-                    str(p.expected),
-                    f"{p.legacy}/{p.celery}",
-                    f"{p.created_at:%H:%M:%S.%f}"[:-3],
-                    f"{p.completed_at:%H:%M:%S.%f}"[:-3] if p.completed_at else "not yet",
-                    took,
-                ]
-            )
-        for line in table(
-            ["batch", "jobs", "legacy/celery", "createdAt UTC", "completedAt UTC", "took"],
-            batch_rows,
-        ):
+        for line in batch_summary(self.batches, progress):
             self.say(line)
-        # Every evaluation asked for ended with a completed job (a retry counts).
-        roots: dict[str, bool] = {}
-        for r, root in rows:
-            roots[root] = roots.get(root, False) or r.status == "COMPLETED"
-        expected = sum(b.created.job_count for b in self.batches) + len(self.extra_jobs)
-        completed = sum(roots.values())
-        ok = (
-            self.import_ok
-            and completed == expected == len(roots)
-            and all(p.is_complete for p in progress)
+        ok, lines = outcome(
+            rows,
+            self.batches,
+            progress,
+            import_jobs=len(self.extra_jobs),
+            import_ok=self.import_ok,
         )
-        self.say("")
-        if ok:
-            self.say(f"all {expected} jobs completed")
-        else:
-            problems = [f"{expected - completed} of {expected} jobs did not complete"]
-            if not self.import_ok:
-                problems.append("the import failed")
-            self.say("FAILED: " + "; ".join(problems))
+        for line in lines:
+            self.say(line)
         return ok
 
     # -- 7. clean up ---------------------------------------------------------------------

@@ -197,3 +197,22 @@ def test_a_batch_split_between_backends_completes_once_when_its_last_job_ends(
     assert fetch(
         service.url, 'SELECT "completedAt" FROM "AgentEvalBatch" WHERE id = %s', batch.id
     ) == [(completed_at,)]
+
+
+def test_a_job_deleted_while_it_runs_does_not_stop_the_legacy_worker(
+    service: JobService, workers: None, people: dict[str, str]
+) -> None:
+    rollout(service, 0)
+    with transaction(service.url) as s:
+        doomed = sample_data.create_document(s, people["user"], "sleep 2", "Going away soon.")
+        [later] = sample_data.create_documents(s, people["user"], 1, seed=99)
+    job = service.create_evaluation_job(doomed, people["agent"])
+    assert wait_until(lambda: status(service.url, job.id) == "RUNNING", 30)
+    # The document goes, and its evaluation and job with it (ON DELETE CASCADE).
+    with psycopg.connect(service.url, autocommit=True) as conn:
+        conn.execute('DELETE FROM "Document" WHERE id = %s', (doomed,))
+    time.sleep(3)  # the run ends and finds no job to record its outcome on
+    after = service.create_evaluation_job(later, people["agent"])
+    assert wait_until(lambda: status(service.url, after.id) == "COMPLETED", 30), (
+        "the legacy worker stopped claiming"
+    )

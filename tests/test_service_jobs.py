@@ -413,3 +413,36 @@ def test_reconciliation_fails_celery_rows_whose_message_is_gone(
     assert "RUNNING for more than" in service.get_job_status(running.id)["error"]
     assert service.get_job_status(kept.id)["status"] == "PENDING"
     assert reconcile(service) == []
+
+
+def test_a_paused_fan_out_creates_nothing_and_maintenance_resumes_a_stopped_one(
+    service: JobService, seeded: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from roast_jobs.service.reconcile import resume_fan_outs
+
+    monkeypatch.setattr(get_settings(), "batch_inline_max", 10)
+    set_rollout(service, 100)
+    docs = new_docs(service.url, seeded["user"], 30)
+    batch = service.create_batch_jobs(seeded["agent"], document_ids=docs)
+    assert batch.fan_out == "task"  # no worker here: nothing fans it out
+    with transaction(service.url) as s:
+        s.execute(text("""INSERT INTO "SystemPause" (id, reason) VALUES ('p2', 'budget')"""))
+    try:
+        with pytest.raises(SystemPaused):
+            service.fan_out(batch.id)
+        assert service.batch_progress(batch.id).created == 0
+    finally:
+        with transaction(service.url) as s:
+            s.execute(text("""UPDATE "SystemPause" SET "endedAt" = CURRENT_TIMESTAMP"""))
+    assert resume_fan_outs(service) == {}, "a fresh batch is left to its task"
+    with transaction(service.url) as s:
+        s.execute(
+            text(
+                """UPDATE "AgentEvalBatch" SET "createdAt" = "createdAt" - interval '10 minutes'
+                    WHERE id = :b"""
+            ),
+            {"b": batch.id},
+        )
+    assert resume_fan_outs(service) == {batch.id: 30}
+    assert service.batch_progress(batch.id).created == 30
+    assert resume_fan_outs(service) == {}

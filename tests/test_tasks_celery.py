@@ -3,6 +3,7 @@ cancellation, bad payloads), imports, and the batch fan-out surviving a SIGKILLe
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -108,7 +109,9 @@ def worker_env(url: str, state_dir: Path, **more: str) -> dict[str, str]:
         "DATABASE_URL": url,
         "ROAST_JOBS_EVALUATOR": "tests.apps.scripted_evaluator:ScriptedEvaluator",
         "ROAST_TEST_STATE_DIR": str(state_dir),
-        "ROAST_JOBS_RETRY_DELAY": "0.5",
+        "ROAST_JOBS_RETRY_DELAY": "0.25",
+        # More runs than Celery's default max_retries (3) allows: the row's count rules.
+        "ROAST_JOBS_EVALUATION_MAX_ATTEMPTS": "5",
         "ROAST_JOBS_IMPORT_ALLOW_NETWORKS": "127.0.0.1/32",
         "ROAST_JOBS_IMPORT_MAX_BYTES": "1000000",
         **more,
@@ -211,12 +214,13 @@ def test_retryable_errors_are_retried_with_backoff_up_to_the_limit(
     failing = service.create_evaluation_job(always, people["agent"])
     flaky = service.create_evaluation_job(once, people["agent"])
     row = wait_status(service.url, failing.id, "FAILED")
-    assert row["attempts"] == 3 and row["error"] == "503 service unavailable"
+    assert row["attempts"] == 5 and row["error"] == "503 service unavailable"
     assert row["originalJobId"] is None, "the Celery path retries the same row"
     runs = starts(state_dir, always)
-    assert len(runs) == 3
-    # Equal-jitter backoff from 0.5 s: the first wait is at least 0.25 s, the second 0.5 s.
-    assert runs[1] - runs[0] >= 0.25 and runs[2] - runs[1] >= 0.5, runs
+    assert len(runs) == 5
+    # Equal-jitter backoff from 0.25 s: each wait is at least half of 0.25 s doubled n times.
+    for n, (before, after) in enumerate(itertools.pairwise(runs)):
+        assert after - before >= 0.125 * 2**n, runs
     row = wait_status(service.url, flaky.id, "COMPLETED")
     assert row["attempts"] == 2 and row["error"] is None
     assert len(starts(state_dir, once)) == 2
@@ -471,3 +475,64 @@ def test_the_maintenance_task_reconciles_and_sweeps_batches(
     assert done, service.manager.get_job(sent.id)
     assert [r["job_id"] for r in done.result["reconciled"]] == [lost.id]
     assert job_row(service.url, lost.id)["status"] == "FAILED"
+
+
+def _fail_once(url: str, name: str, table: str, when: str, message: str) -> None:
+    """A trigger that raises ``message`` the first time ``when`` holds for a row of
+    ``table``: a real database error at one point of a run, once (a sequence counts, as
+    it is not rolled back with the failed transaction)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE SEQUENCE {name}_fired")
+        conn.execute(
+            f"""CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                  IF ({when}) AND nextval('{name}_fired') = 1 THEN
+                    RAISE EXCEPTION '{message}';
+                  END IF;
+                  RETURN NEW;
+                END $$"""
+        )
+        conn.execute(
+            f'CREATE TRIGGER {name} BEFORE INSERT OR UPDATE ON "{table}" '
+            f"FOR EACH ROW EXECUTE FUNCTION {name}()"
+        )
+
+
+def test_a_database_error_before_the_run_starts_is_retried(
+    service: JobService, worker: CeleryWorker, people: dict[str, str]
+) -> None:
+    doc = document(service.url, people["user"], "Blip before the start")
+    with transaction(service.url) as s:
+        evaluation = sample_data.ensure_evaluations(s, [doc], people["agent"])[doc]
+    _fail_once(
+        service.url,
+        "blip_start",
+        "Job",
+        f"NEW.\"evaluationId\" = '{evaluation}' AND NEW.status = 'RUNNING'",
+        "connection reset by peer",
+    )
+    job = service.create_evaluation_job(doc, people["agent"])
+    row = wait_status(service.url, job.id, "COMPLETED", "FAILED")
+    assert row["status"] == "COMPLETED", row
+    # The failed first try rolled back its RUNNING mark: one run counted.
+    assert row["attempts"] == 1
+
+
+def test_a_database_error_while_saving_the_result_is_retried(
+    service: JobService, worker: CeleryWorker, people: dict[str, str]
+) -> None:
+    doc = document(service.url, people["user"], "Blip while saving")
+    with transaction(service.url) as s:
+        evaluation = sample_data.ensure_evaluations(s, [doc], people["agent"])[doc]
+    _fail_once(
+        service.url,
+        "blip_save",
+        "EvaluationVersion",
+        f"NEW.\"evaluationId\" = '{evaluation}'",
+        "503 service unavailable",
+    )
+    job = service.create_evaluation_job(doc, people["agent"])
+    row = wait_status(service.url, job.id, "COMPLETED", "FAILED")
+    assert row["status"] == "COMPLETED", row
+    assert row["attempts"] == 2
+    assert [v[0] for v in versions(service.url, evaluation)] == [1]

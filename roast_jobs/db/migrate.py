@@ -20,6 +20,9 @@ from sqlalchemy.pool import NullPool
 from roast_jobs.jobs.results import sqlalchemy_url
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+#: How long a migration statement waits for a table lock before the upgrade gives up.
+LOCK_TIMEOUT_MS = 10_000
+
 # pg_advisory_xact_lock key: "rjmigrat" as a bigint; locks are per database.
 LOCK_KEY = int.from_bytes(b"rjmigrat", "big") - 2**63
 
@@ -63,6 +66,9 @@ def upgrade(url: str, revision: str = "head") -> None:
             # Held to the commit: a concurrent upgrade waits here, then reads the new
             # alembic_version and has nothing left to do.
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
+            # On a live database: give up (and roll back) rather than queue for a table
+            # lock behind a long transaction while every write of the app queues behind us.
+            conn.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_MS}ms'"))
             command.upgrade(alembic_config(conn), revision)
     finally:
         engine.dispose()

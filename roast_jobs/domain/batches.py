@@ -57,6 +57,24 @@ SELECT b.id, b."agentId", b.name, b."createdAt", b."completedAt", {_EXPECTED} AS
 """
 
 
+_SHORT = f"""
+SELECT b.id FROM "AgentEvalBatch" b
+ WHERE b."completedAt" IS NULL
+   AND b."createdAt" < CURRENT_TIMESTAMP - make_interval(secs => :seconds)
+   AND (SELECT count(*) FROM "Job" j
+         WHERE j."agentEvalBatchId" = b.id AND j."originalJobId" IS NULL) < {_EXPECTED}
+ ORDER BY b."createdAt"
+ LIMIT :limit
+"""
+
+
+def short_of_jobs(session: Session, older_than_seconds: float, limit: int = 20) -> list[str]:
+    """Batches older than ``older_than_seconds`` with fewer jobs than planned: a fan-out
+    that died half-way (its creator crashed, or its task gave up)."""
+    rows = session.execute(text(_SHORT), {"seconds": older_than_seconds, "limit": limit})
+    return [row[0] for row in rows]
+
+
 def complete_if_done(session: Session, batch_id: str | None) -> bool:
     """Record the batch's completion if this transaction's change ended its last job."""
     if batch_id is None:

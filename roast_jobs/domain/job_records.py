@@ -150,9 +150,11 @@ def fail(
     *,
     logs: str | None = None,
     from_statuses: tuple[JobStatus, ...] = ACTIVE_STATUSES,
+    check_batch: bool = True,
 ) -> JobSnapshot | None:
     """-> FAILED with the cleaned error; None (nothing changed) when the job was not in
-    ``from_statuses`` (e.g. cancelled meanwhile)."""
+    ``from_statuses`` (e.g. cancelled meanwhile). ``check_batch`` False: the caller adds
+    a retry job first and checks the batch itself, after it."""
     job = lock(session, job_id)
     if JobStatus(job.status) not in from_statuses:
         return None
@@ -170,15 +172,20 @@ def fail(
         )
     session.execute(update(Job).where(Job.id == job_id).values(**values))
     snapshot = _snapshot(lock(session, job_id))
-    batches.complete_if_done(session, snapshot.batch_id)
+    if check_batch:
+        batches.complete_if_done(session, snapshot.batch_id)
     return snapshot
 
 
-def mark_retrying(session: Session, job_id: str, error: str) -> bool:
+def mark_retrying(
+    session: Session, job_id: str, error: str, *, allow_pending: bool = False
+) -> bool:
     """RUNNING -> PENDING with the error kept: the Celery path retries the same row.
-    False when the job is no longer running (cancelled: do not retry)."""
+    ``allow_pending``: the run failed before it could mark the job RUNNING (the row is
+    still PENDING). False when the job has ended (cancelled: do not retry)."""
     job = lock(session, job_id)
-    if not still_running(job):
+    allowed = (JobStatus.RUNNING, JobStatus.PENDING) if allow_pending else (JobStatus.RUNNING,)
+    if JobStatus(job.status) not in allowed:
         return False
     session.execute(
         update(Job)

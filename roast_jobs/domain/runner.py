@@ -48,7 +48,8 @@ def time_limit_for(extended_capability_id: str | None) -> float:
 
     override = get_settings().evaluation_time_limit
     if override is not None:
-        return override
+        # Capped like the per-agent limits: the 30-minute stale sweeps count on it.
+        return min(override, MAX_TIME_LIMIT)
     return min(TIME_LIMITS.get(extended_capability_id or "", DEFAULT_TIME_LIMIT), MAX_TIME_LIMIT)
 
 
@@ -155,7 +156,7 @@ def time_limit_of_evaluation(session: Session, evaluation_id: str) -> float:
 
 _NEXT_VERSION = """
 SELECT coalesce((SELECT max(version) FROM "EvaluationVersion" WHERE "evaluationId" = e.id), 0)
-  FROM "Evaluation" e WHERE e.id = :id FOR UPDATE
+  FROM "Evaluation" e WHERE e.id = :id FOR NO KEY UPDATE
 """
 
 
@@ -168,7 +169,8 @@ class WrittenVersion:
 def _write_version(
     session: Session, evaluation_id: str, inputs: Inputs, output: EvaluationOutput
 ) -> WrittenVersion:
-    # The evaluation row's lock serializes version numbers between concurrent runs.
+    # The evaluation row's lock serializes version numbers between concurrent runs; NO KEY
+    # UPDATE leaves new jobs of the evaluation (their foreign key's KEY SHARE) unblocked.
     latest = session.execute(text(_NEXT_VERSION), {"id": evaluation_id}).scalar_one()
     version_id = new_uuid()
     session.execute(
@@ -220,6 +222,13 @@ def _write_version(
         session.execute(insert(EvaluationHighlight), highlights)
         session.execute(insert(EvaluationComment), comments)
     return WrittenVersion(version_id, latest + 1)
+
+
+def _message(exc: BaseException) -> str:
+    """What to store of an error: the database's own message rather than SQLAlchemy's
+    wrapper with the statement and its parameters."""
+    orig = getattr(exc, "orig", None)
+    return str(orig or exc).strip() or type(exc).__name__
 
 
 def _logs(job_id: str, inputs: Inputs | None, lines: list[str]) -> str:
@@ -311,12 +320,37 @@ def run_evaluation(
         logs = _logs(job_id, inputs, lines)
         raise EvaluationFailed(str(failure), False, logs, attempts) from exc
     except Exception as exc:
-        message = str(exc) or type(exc).__name__
+        message = _message(exc)
         retryable = classify(exc) == "retryable" and not isinstance(exc, TimeLimitExceeded | GaveUp)
         lines.append(f"failed: {message}")
         raise EvaluationFailed(message, retryable, _logs(job_id, inputs, lines), attempts) from exc
     duration = time.monotonic() - started
     lines.append(f"grade {output.grade}, {len(output.comments)} comments, {duration:.3f} s")
+    try:
+        return _record(job_id, inputs, output, transaction, lines, duration, attempts)
+    except time_limit_errors as exc:
+        failure = TimeLimitExceeded(time_limit or 0)
+        lines.append(f"failed while saving: {failure}")
+        logs = _logs(job_id, inputs, lines)
+        raise EvaluationFailed(str(failure), False, logs, attempts) from exc
+    except Exception as exc:
+        # A database error while saving: the evaluation is lost, the run may be repeated.
+        message = _message(exc)
+        lines.append(f"failed while saving: {message}")
+        retryable = classify(exc) == "retryable"
+        raise EvaluationFailed(message, retryable, _logs(job_id, inputs, lines), attempts) from exc
+
+
+def _record(
+    job_id: str,
+    inputs: Inputs,
+    output: EvaluationOutput,
+    transaction: Callable[[], object],
+    lines: list[str],
+    duration: float,
+    attempts: int | None,
+) -> RunResult:
+    """The version, its comments and COMPLETED, in one transaction."""
     with transaction() as session:  # type: ignore[attr-defined]
         status, evaluation_id, batch_id = job_records.lock_status(session, job_id)
         if status is not JobStatus.RUNNING:  # cancelled meanwhile: it stays so

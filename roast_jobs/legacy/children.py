@@ -73,7 +73,7 @@ class Child:
     attempt: int
     time_limit: float
     started: float  # time.monotonic() at claim
-    kill_reason: str | None = None  # "time limit" | "cancelled" | "shutdown"
+    kill_reason: str | None = None  # time limit | cancelled | ended elsewhere | shutdown
     term_sent: float | None = None
     kill_sent: bool = False
 

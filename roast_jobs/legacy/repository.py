@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from roast_jobs.config import get_settings
 from roast_jobs.db.models import Backend, JobStatus
-from roast_jobs.domain import job_records
+from roast_jobs.domain import batches, job_records
 from roast_jobs.domain.job_records import JobSnapshot
 
 _CLAIM = """
@@ -77,12 +77,17 @@ def fail(
 ) -> str | None:
     """RUNNING -> FAILED; returns the id of the retry row when one was made. A job that
     is no longer RUNNING (cancelled meanwhile) is left as it is."""
-    failed = job_records.fail(session, job_id, error, logs=logs, from_statuses=(JobStatus.RUNNING,))
-    if failed is None or not retryable:
+    failed = job_records.fail(
+        session, job_id, error, logs=logs, from_statuses=(JobStatus.RUNNING,), check_batch=False
+    )
+    if failed is None:
         return None
-    if failed.attempts >= get_settings().evaluation_max_attempts:
-        return None
-    return _retry_row(session, failed)
+    retry_id = None
+    if retryable and failed.attempts < get_settings().evaluation_max_attempts:
+        retry_id = _retry_row(session, failed)
+    # After the retry row: its batch is not done while the retry waits.
+    batches.complete_if_done(session, failed.batch_id)
+    return retry_id
 
 
 def _retry_row(session: Session, failed: JobSnapshot) -> str:

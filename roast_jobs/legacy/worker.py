@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import wait as wait_for
 
 from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
 from roast_jobs.config import get_settings
@@ -34,7 +35,12 @@ from .children import EXIT_COMPLETED, EXIT_FAILED, Child, child_main, signal_gro
 log = logging.getLogger("roast_jobs.legacy")
 
 APPLICATION_NAME = "roast-jobs legacy worker"
-_CANCELLED = """SELECT id FROM "Job" WHERE id = ANY(:ids) AND status = 'CANCELLED'"""
+# Our children whose job is no longer RUNNING: cancelled, or failed by another worker's
+# stale sweep. Their result would be dropped anyway: stop spending on them.
+_ENDED = """SELECT id, status FROM "Job" WHERE id = ANY(:ids) AND status <> 'RUNNING'"""
+
+#: Errors that mean the database is away (retry later), not that the write is wrong.
+DISCONNECTED = (sa_exc.OperationalError, sa_exc.DisconnectionError, sa_exc.InterfaceError)
 
 
 @dataclass(frozen=True)
@@ -169,7 +175,7 @@ class LegacyWorker:
             child.process.close()
             del self._children[job_id]
             took = f"{child.elapsed():.1f} s"
-            if child.kill_reason in ("time limit", "cancelled"):
+            if child.kill_reason in ("time limit", "cancelled", "ended elsewhere"):
                 log.info("job %s ended: killed (%s) after %s", job_id, child.kill_reason, took)
             elif code == EXIT_COMPLETED:
                 log.info("job %s ended: completed in %s", job_id, took)
@@ -198,15 +204,14 @@ class LegacyWorker:
             return
         try:
             with self._transaction() as session:
-                rows = session.execute(text(_CANCELLED), {"ids": running})
-                cancelled = [row[0] for row in rows]
+                ended = list(session.execute(text(_ENDED), {"ids": running}))
         except Exception as exc:
             self._database_error("checking for cancelled jobs", exc)
             return
-        for job_id in cancelled:
+        for job_id, status in ended:
             child = self._children[job_id]
-            log.info("job %s was cancelled, killing pid %d", job_id, child.pid)
-            child.terminate("cancelled")
+            log.info("job %s is %s, killing pid %d", job_id, status, child.pid)
+            child.terminate("cancelled" if status == "CANCELLED" else "ended elsewhere")
 
     def _shut_down_children(self) -> None:
         if self._shutdown_deadline is None or time.monotonic() < self._shutdown_deadline:
@@ -219,7 +224,9 @@ class LegacyWorker:
                 child.terminate("shutdown")
 
     def _record_pending(self) -> bool:
-        """Record the failures of earlier polls; False while the database refuses."""
+        """Record the failures of earlier polls; False while the database is away. A
+        failure that cannot be recorded for another reason (its job was deleted) is
+        dropped with a warning: it must not block the others, nor the claims."""
         while self._pending:
             failure = self._pending[0]
             try:
@@ -227,9 +234,17 @@ class LegacyWorker:
                     retry_id = repository.fail(
                         session, failure.job_id, failure.error, retryable=failure.retryable
                     )
-            except Exception as exc:
+            except DISCONNECTED as exc:
                 self._database_error(f"recording the failure of job {failure.job_id}", exc)
                 return False
+            except Exception as exc:
+                log.warning(
+                    "job %s: its failure (%s) cannot be recorded, dropped: %s",
+                    failure.job_id,
+                    failure.error,
+                    exc,
+                )
+                retry_id = None
             if retry_id:
                 log.info("job %s: retry as job %s", failure.job_id, retry_id)
             self._pending.pop(0)

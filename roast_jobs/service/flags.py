@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from roast_jobs.config import get_settings
 from roast_jobs.db.models import Backend
@@ -94,10 +95,13 @@ class Flags:
 _READ = 'SELECT name, value FROM "FeatureFlag" WHERE name = ANY(:names)'
 
 
-def read_table(url: str | None = None) -> dict[str, Any]:
-    with transaction(url) as session:
-        rows = session.execute(text(_READ), {"names": list(KNOWN)})
-        return {name: value for name, value in rows}
+def read_table(url: str | None = None, session: Session | None = None) -> dict[str, Any]:
+    """The table's flags; with ``session``, read in its transaction (no other connection)."""
+    if session is None:
+        with transaction(url) as own:
+            return read_table(url, own)
+    rows = session.execute(text(_READ), {"names": list(KNOWN)})
+    return {name: value for name, value in rows}
 
 
 def _stored(values: dict[str, Any], name: str, default: Any) -> Any:
@@ -136,14 +140,16 @@ class FlagCache:
         self._flags: Flags | None = None
         self._read_at = 0.0
 
-    def current(self) -> Flags:
+    def current(self, session: Session | None = None) -> Flags:
+        """The flags, re-read when older than ``refresh`` (with ``session`` when given:
+        a caller inside a transaction must not check out a second connection)."""
         now = time.monotonic()
         flags = self._flags
         if flags is not None and now - self._read_at < self.refresh:
             return flags
         with self._lock:
             if self._flags is None or time.monotonic() - self._read_at >= self.refresh:
-                self._flags = from_values(read_table(self.url))
+                self._flags = from_values(read_table(self.url, session))
                 self._read_at = time.monotonic()
             return self._flags
 

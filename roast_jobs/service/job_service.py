@@ -14,7 +14,7 @@ import contextlib
 import random
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
@@ -39,6 +39,24 @@ from roast_jobs.jobs import JobManager, TaskCall, enqueue_in
 from roast_jobs.jobs.errors import JobError
 
 from .flags import FlagCache, Flags
+from .outcomes import (
+    CreatedBatch,
+    CreatedImport,
+    CreatedJob,
+    InvalidRequest,
+    ServiceError,
+    SystemPaused,
+)
+
+__all__ = [
+    "CreatedBatch",
+    "CreatedImport",
+    "CreatedJob",
+    "InvalidRequest",
+    "JobService",
+    "ServiceError",
+    "SystemPaused",
+]
 
 EVALUATION_TASK = "roast_jobs.evaluation"
 BATCH_TASK = "roast_jobs.batch"
@@ -54,62 +72,6 @@ QUEUES = {
 HARD_LIMIT_GRACE = 5.0
 #: Deterministic ids of a batch's jobs: a re-run of the fan-out finds them already there.
 _BATCH_NS = uuid.UUID("6f1e2a52-8d0c-4d1f-9a57-6b1f3c0e5a11")
-
-
-class ServiceError(Exception):
-    """A request the service refuses; the message says why."""
-
-
-class SystemPaused(ServiceError):
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"job creation is paused: {reason} (end the SystemPause to resume)")
-        self.reason = reason
-
-
-class InvalidRequest(ServiceError, ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class CreatedJob:
-    id: str
-    evaluation_id: str
-    backend: str
-    status: str = JobStatus.PENDING.value
-    broker_job_id: str | None = None
-    batch_id: str | None = None
-    document_id: str | None = None
-    agent_id: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class CreatedBatch:
-    id: str
-    agent_id: str
-    job_count: int
-    fan_out: str  # "inline" (in the creating transaction), "task" or "chunks"
-    task_id: str | None = None
-    jobs: list[CreatedJob] = field(default_factory=list)
-    document_ids: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["jobs"] = [j.as_dict() for j in self.jobs]
-        return out
-
-
-@dataclass(frozen=True)
-class CreatedImport:
-    backend: str
-    task_id: str | None = None
-    created: bool = True  # False: this URL's import was already in flight (task_id is it)
-    result: dict[str, Any] | None = None  # the inline import's outcome (legacy path)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -302,7 +264,7 @@ class JobService:
             prepared = prepare_for_document(session, document_id, agents)
         except Paused as exc:
             raise SystemPaused(exc.reason) from None
-        flags = self.flags.current()
+        flags = self.flags.current(session)  # no second connection inside the transaction
         jobs = [
             self._plan(flags, prepared[a][0], batch_id, time_limit=time_limit_for(prepared[a][1]))
             for a in agents
@@ -429,11 +391,12 @@ class JobService:
             evaluations = upsert_evaluations(session, plan, batch.agent_id)
         created = 0
         for start in range(0, len(plan), chunk):
-            flags = self.flags.current()
-            jobs = self._batch_jobs(
-                flags, batch_id, plan, evaluations, start, min(start + chunk, len(plan))
-            )
             with self._tx() as session:
+                check_pause(session)  # a pause stops a fan-out between chunks too
+                flags = self.flags.current(session)
+                jobs = self._batch_jobs(
+                    flags, batch_id, plan, evaluations, start, min(start + chunk, len(plan))
+                )
                 created += len(self._insert_jobs(session, jobs))
         return created
 

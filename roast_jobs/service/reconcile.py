@@ -8,17 +8,21 @@ same transaction. Legacy rows are the legacy worker's business (its stale sweep)
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from sqlalchemy import text
 
 from roast_jobs.config import get_settings
 from roast_jobs.db.models import JobStatus
-from roast_jobs.domain import job_records
+from roast_jobs.domain import batches, job_records
+from roast_jobs.domain.evaluations import NotFound
 from roast_jobs.jobs.errors import JobNotFound as BrokerJobNotFound
 from roast_jobs.jobs.state import CANCELLABLE_STATES
 
-from .job_service import JobService
+from .job_service import JobService, SystemPaused
+
+log = logging.getLogger("roast_jobs.reconcile")
 
 _CANDIDATES = """
 SELECT id, status, "brokerJobId" FROM "Job"
@@ -74,3 +78,23 @@ def reconcile(service: JobService, limit: int = 200) -> list[Reconciled]:
         if done is not None:
             out.append(Reconciled(job_id, status, reason))
     return out
+
+
+#: A fan-out still short of jobs after this long is resumed (it takes seconds when alive).
+FAN_OUT_GRACE_SECONDS = 300.0
+
+
+def resume_fan_outs(
+    service: JobService, older_than: float = FAN_OUT_GRACE_SECONDS
+) -> dict[str, int]:
+    """Finish the fan-outs that stopped half-way; jobs created now, by batch. Safe next
+    to a live fan-out of the same batch (job ids derive from the batch and position)."""
+    with service._tx() as session:
+        short = batches.short_of_jobs(session, older_than)
+    resumed = {}
+    for batch_id in short:
+        try:
+            resumed[batch_id] = service.fan_out(batch_id)
+        except (NotFound, SystemPaused) as exc:
+            log.warning("batch %s: cannot resume its fan-out: %s", batch_id, exc)
+    return resumed

@@ -39,7 +39,9 @@ def _fail(job_id: str, message: str, logs: str | None = None) -> None:
 
 
 # No STARTED result: the Job row records RUNNING (one write less per run).
-@app.task(name=EVALUATION_TASK, bind=True, acks_late=True, track_started=False)
+# max_retries=None: the Job row's attempts (evaluation_max_attempts) govern retries; a
+# per-call max_retries=None would mean Celery's default of 3 instead.
+@app.task(name=EVALUATION_TASK, bind=True, acks_late=True, track_started=False, max_retries=None)
 def evaluation(self: Task, **payload: Any) -> dict[str, Any]:
     try:
         checked = parse(EvaluationPayload, payload)
@@ -61,11 +63,14 @@ def evaluation(self: Task, **payload: Any) -> dict[str, Any]:
             mark_running=True,
         )
     except runner.EvaluationFailed as exc:
-        attempts = exc.attempts or 0
+        # exc.attempts is None when the run failed before marking the job RUNNING (its
+        # first transaction rolled back): count this delivery's tries instead.
+        marked = exc.attempts is not None
+        attempts = exc.attempts if marked else self.request.retries + 1
         if exc.retryable and attempts < get_settings().evaluation_max_attempts:
             retry = None
             with transaction() as session:
-                if job_records.mark_retrying(session, job_id, str(exc)):
+                if job_records.mark_retrying(session, job_id, str(exc), allow_pending=not marked):
                     countdown = RetryPolicy.from_settings().countdown(attempts - 1)
                     with enqueue_in(session):
                         retry = self.retry(countdown=countdown, exc=exc, throw=False)

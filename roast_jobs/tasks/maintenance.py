@@ -1,6 +1,6 @@
 """The maintenance task, scheduled by ``roast-jobs beat``: the job features' pass
-(retention, clean-up), reconciliation of Celery-path ``Job`` rows with the broker, and
-the batch completion sweep."""
+(retention, clean-up), reconciliation of Celery-path ``Job`` rows with the broker,
+fan-outs that stopped half-way resumed, and the batch completion sweep."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from roast_jobs.db.session import transaction
 from roast_jobs.domain import batches
 from roast_jobs.jobs import run_maintenance
 from roast_jobs.service.job_service import MAINTENANCE_TASK
-from roast_jobs.service.reconcile import reconcile
+from roast_jobs.service.reconcile import reconcile, resume_fan_outs
 
 from .services import job_service
 from .worker import app
@@ -20,10 +20,12 @@ from .worker import app
 def maintenance() -> dict[str, Any]:
     report = run_maintenance(app)
     reconciled = reconcile(job_service())
+    resumed = resume_fan_outs(job_service())
     with transaction() as session:
         completed = batches.sweep(session)
     return {
         "maintenance": report.as_dict() if report is not None else "another pass was running",
         "reconciled": [r.__dict__ for r in reconciled],
         "batches_completed": completed,
+        "fan_outs_resumed": resumed,
     }
