@@ -71,6 +71,15 @@ def schema() -> Iterator[str]:
     forget_schema(name)
 
 
+@pytest.fixture(scope="module")
+def app_db() -> Iterator[str]:
+    """A database of the test module's own, with the app's schema (dropped afterwards)."""
+    from tests.domain_support import fresh_database
+
+    with fresh_database() as url:
+        yield url
+
+
 def broker_url(schema: str, **options: object) -> str:
     query = "&".join(f"{k}={v}" for k, v in {"schema": schema, **options}.items())
     return f"{DATABASE_URL}?{query}"

@@ -4,19 +4,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 
-import pytest
 from sqlalchemy import text
 
 from roast_jobs.db.session import get_engine, transaction
-from tests.domain_support import fresh_database
-
-
-@pytest.fixture(scope="module")
-def app_db() -> Iterator[str]:
-    with fresh_database() as url:
-        yield url
 
 
 def backend_pid(url: str) -> int:

@@ -19,16 +19,9 @@ from roast_jobs.db.session import transaction
 from roast_jobs.domain import sample_data
 from roast_jobs.service import flags
 from roast_jobs.service.job_service import JobService
-from tests.domain_support import fresh_database
 from tests.workers import REPO, CeleryWorker, wait_until
 
 EVALUATOR = "tests.apps.scripted_evaluator:ScriptedEvaluator"
-
-
-@pytest.fixture(scope="module")
-def app_db() -> Iterator[str]:
-    with fresh_database() as url:
-        yield url
 
 
 @pytest.fixture(scope="module")

@@ -24,13 +24,6 @@ from roast_jobs.service.job_service import (
     SystemPaused,
 )
 from roast_jobs.service.reconcile import reconcile
-from tests.domain_support import fresh_database
-
-
-@pytest.fixture(scope="module")
-def app_db() -> Iterator[str]:
-    with fresh_database() as url:
-        yield url
 
 
 @pytest.fixture(scope="module")

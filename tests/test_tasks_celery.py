@@ -21,7 +21,6 @@ from roast_jobs.domain import job_records, sample_data
 from roast_jobs.service import flags
 from roast_jobs.service.job_service import EVALUATION_TASK, JobService
 from tests.apps.scripted_evaluator import calls
-from tests.domain_support import fresh_database
 from tests.workers import CeleryWorker, wait_until
 
 ARTICLE = b"""<!doctype html><html><head><title>On Calibration | Blog</title>
@@ -82,12 +81,6 @@ def pages() -> Iterator[str]:
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
-
-
-@pytest.fixture(scope="module")
-def app_db() -> Iterator[str]:
-    with fresh_database() as url:
-        yield url
 
 
 @pytest.fixture(scope="module")

@@ -100,10 +100,6 @@ def mark_running(session: Session, job_id: str) -> JobSnapshot | None:
     )
 
 
-def still_running(job: Job) -> bool:
-    return JobStatus(job.status) == JobStatus.RUNNING
-
-
 def complete(
     session: Session,
     job_id: str,

@@ -39,8 +39,6 @@ SELECT id FROM "Job"
    FOR UPDATE SKIP LOCKED
 """
 
-_PENDING_COUNT = """SELECT count(*) FROM "Job" WHERE status = 'PENDING' AND backend = 'legacy'"""
-
 
 @dataclass(frozen=True)
 class Claimed:
@@ -66,10 +64,6 @@ def claim(session: Session) -> Claimed | None:
     if row is None:
         return None
     return Claimed(row[0], row[1], row[2], row[3], row[4])
-
-
-def pending_count(session: Session) -> int:
-    return int(session.execute(text(_PENDING_COUNT)).scalar_one())
 
 
 def fail(
