@@ -156,3 +156,23 @@ def test_a_delivery_made_in_a_tick_wakes_the_loop_before_it_blocks(
     assert len(got) == 1
     ready = hub.poller.poll(0) or ()
     assert ready, "the loop would block with a delivered task waiting for the pool"
+
+
+def test_two_statements_never_carry_the_same_ack() -> None:
+    """Concurrent claims of one process each take a disjoint share of the outbox: two
+    deletes of the same rows in different orders deadlocked (seen in
+    test_no_message_is_claimed_twice: DeadlockDetected "while deleting tuple")."""
+    from roast_jobs.broker.acks import AckOutbox
+
+    box = AckOutbox()
+    box.add("1:a")
+    box.add("2:b")
+    first = box.take()
+    assert first == ["1:a", "2:b"]
+    box.add("3:c")
+    assert box.take() == ["3:c"], "a second statement got acks the first one carries"
+    assert box.pending() == ["1:a", "2:b", "3:c"]  # all still renewed until durable
+    box.release(first)  # the first statement failed: they go with the next one
+    assert box.take() == ["1:a", "2:b"]
+    box.done(["1:a", "2:b", "3:c"])
+    assert box.pending() == [] and box.take() == []

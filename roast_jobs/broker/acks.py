@@ -25,6 +25,9 @@ _registry_lock = threading.Lock()
 class AckOutbox:
     def __init__(self) -> None:
         self._tags: dict[str, None] = {}  # insertion-ordered set
+        # Taken by a statement not yet committed: no other statement carries them, since
+        # two deletes of the same rows in different orders deadlock each other.
+        self._in_flight: set[str] = set()
         self._lock = threading.Lock()
 
     def add(self, tag: str) -> None:
@@ -32,8 +35,22 @@ class AckOutbox:
             self._tags[tag] = None
 
     def pending(self) -> list[str]:
+        """Every ack not yet durable, in flight or not (their leases need renewing)."""
         with self._lock:
             return list(self._tags)
+
+    def take(self) -> list[str]:
+        """The acks no other statement carries now, for one statement to carry: then
+        ``done`` when it committed, ``release`` when it failed."""
+        with self._lock:
+            tags = [tag for tag in self._tags if tag not in self._in_flight]
+            self._in_flight.update(tags)
+            return tags
+
+    def release(self, tags: list[str]) -> None:
+        """The statement carrying ``tags`` failed: they wait for the next one."""
+        with self._lock:
+            self._in_flight.difference_update(tags)
 
     def __len__(self) -> int:
         return len(self._tags)
@@ -43,12 +60,17 @@ class AckOutbox:
         with self._lock:
             for tag in tags:
                 self._tags.pop(tag, None)
+            self._in_flight.difference_update(tags)
 
     def flush(self, send: Callable[[list[str]], object]) -> int:
         """Send what is pending with ``send``; on an error they stay for the next try."""
-        tags = self.pending()
+        tags = self.take()
         if tags:
-            send(tags)
+            try:
+                send(tags)
+            except BaseException:
+                self.release(tags)
+                raise
             self.done(tags)
         return len(tags)
 

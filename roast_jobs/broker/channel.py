@@ -339,17 +339,21 @@ class Channel(virtual.Channel):
             return self._fetch(self.sql.claim_noack, **params)
         opts = self.transport.options
         # Pending acks ride along; they are forgotten only once this statement commits.
-        acks = self.acks.pending()
+        acks = self.acks.take()
         tags = split_tags(acks)
-        rows = self._fetch(
-            self.sql.claim,
-            owner=self.owner,
-            lease=opts.lease_seconds,
-            max_deliveries=opts.max_deliveries,
-            ack_ids=tags["ids"],
-            ack_receipts=tags["receipts"],
-            **params,
-        )
+        try:
+            rows = self._fetch(
+                self.sql.claim,
+                owner=self.owner,
+                lease=opts.lease_seconds,
+                max_deliveries=opts.max_deliveries,
+                ack_ids=tags["ids"],
+                ack_receipts=tags["receipts"],
+                **params,
+            )
+        except BaseException:
+            self.acks.release(acks)
+            raise
         self.acks.done(acks)
         return rows
 
