@@ -271,7 +271,13 @@ def db_upgrade(ctx: click.Context) -> None:
 
 
 @db.command("current")
-def db_current() -> None:
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Exit 3 (saying so on stderr) when the database is not at the newest revision "
+    "this package ships, i.e. `db upgrade` has work to do; 0 when it is.",
+)
+def db_current(check: bool) -> None:
     """Print the database's schema revision, or "none" before the first `db upgrade`."""
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -283,6 +289,13 @@ def db_current() -> None:
     except SQLAlchemyError as exc:
         raise _migration_error(exc) from None
     click.echo(revision or "none")
+    if check and revision != (head := migrate.head()):
+        click.echo(
+            f"migrations pending: the database is at {revision or 'none'}, this package's "
+            f"newest revision is {head}; run `roast-jobs db upgrade`",
+            err=True,
+        )
+        sys.exit(3)
 
 
 def _masked(url: str) -> str:

@@ -72,6 +72,17 @@ class Settings(BaseSettings):
     import_max_bytes: int = Field(default=5_000_000, gt=0)
     import_max_redirects: int = Field(default=5, ge=0)
 
+    # Rollout triggers (`roast-jobs rollout check`): the plan's rollback thresholds, judged
+    # over the last rollout_window_seconds. The error rate counts only from
+    # rollout_min_finished finished jobs on, so one failure of two rolls nothing back.
+    rollout_window_seconds: float = Field(default=900.0, gt=0)
+    rollout_max_error_rate: float = Field(default=0.05, ge=0, le=1)
+    rollout_min_finished: int = Field(default=20, ge=1)
+    rollout_max_queue_depth: int = Field(default=5000, ge=0)
+    rollout_stuck_seconds: float = Field(default=3600.0, gt=0)
+    rollout_max_p95_seconds: float = Field(default=120.0, gt=0)
+    rollout_max_new_dead_letters: int = Field(default=0, ge=0)
+
     # Where `roast-jobs demo` keeps its embedded PostgreSQL when DATABASE_URL is unset.
     data_dir: str = ".roast-jobs"
 

@@ -220,7 +220,7 @@ def test_empty_database_gets_every_table_at_head() -> None:
         migrate.upgrade(url)
 
         assert tables(url) == set(Base.metadata.tables) | {"alembic_version"}
-        assert migrate.current(url) == migrate.head() == "0001"
+        assert migrate.current(url) == migrate.head() == "0002"
         assert catalog(url)["enums"] == {
             "JobStatus": ["PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED"],
         }
@@ -554,7 +554,7 @@ def test_cli_db_upgrade_and_current() -> None:
         done = roast_jobs(url, "upgrade")
         assert done.returncode == 0, done.stderr
         lines = done.stdout.splitlines()
-        assert lines[0] == "database at revision 0001 (was: none)"
+        assert lines[0] == "database at revision 0002 (was: none)"
         assert "broker schema" in lines[1] and lines[1].endswith("are ready")
         schemas = [os.environ["ROAST_JOBS_BROKER_SCHEMA"], os.environ["ROAST_JOBS_RESULT_SCHEMA"]]
         found = query(
@@ -563,10 +563,10 @@ def test_cli_db_upgrade_and_current() -> None:
         assert {name for (name,) in found} == set(schemas)
 
         done = roast_jobs(url, "current")
-        assert (done.returncode, done.stdout) == (0, "0001\n"), done.stderr
+        assert (done.returncode, done.stdout) == (0, "0002\n"), done.stderr
         done = roast_jobs(url, "upgrade")
         assert done.returncode == 0, done.stderr
-        assert done.stdout.splitlines()[0] == "database at revision 0001 (was: 0001)"
+        assert done.stdout.splitlines()[0] == "database at revision 0002 (was: 0002)"
 
 
 def test_cli_db_upgrade_reports_an_unreachable_database_in_one_line() -> None:

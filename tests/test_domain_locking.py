@@ -14,6 +14,7 @@ from sqlalchemy import text
 
 from roast_jobs.db.session import transaction
 from roast_jobs.domain import batches, job_records, runner, sample_data
+from roast_jobs.domain.offline_evaluator import OfflineEvaluator
 from roast_jobs.legacy import repository
 from roast_jobs.service import flags
 from roast_jobs.service.job_service import JobService
@@ -68,7 +69,7 @@ def test_a_failure_with_retry_beside_a_completing_run_of_the_same_evaluation(
         try:
             with transaction(service.url) as s:
                 _status, evaluation_id, batch = job_records.lock_status(s, completing)
-                s.execute(text(runner._NEXT_VERSION), {"id": evaluation_id})
+                s.execute(text(runner._LOCK_EVALUATION), {"id": evaluation_id})
                 holding.set()
                 time.sleep(1.0)
                 batches.complete_if_done(s, batch)
@@ -103,3 +104,34 @@ def test_a_batch_waits_for_the_retry_of_its_last_job(
         assert repository.fail(s, retry_id, "invalid input", retryable=False) is None
     progress = service.batch_progress(batch_id)
     assert progress.failed == 2 and progress.completed_at is not None
+
+
+def test_two_runs_of_one_evaluation_saving_at_once_get_versions_1_and_2(
+    service: JobService, people: dict[str, Any]
+) -> None:
+    """The second run waits on the evaluation's lock, then must see the first run's
+    version: a max read before the wait gave both version 1 (a unique-key failure)."""
+    _batch, (first, _second) = running_batch(service, people, 2)
+    with transaction(service.url) as s:
+        [evaluation_id] = s.execute(
+            text('SELECT "evaluationId" FROM "Job" WHERE id = :id'), {"id": first}
+        ).one()
+        inputs = runner.load_inputs(s, evaluation_id)
+    output = OfflineEvaluator().evaluate(inputs.document, inputs.agent)
+    holding, results = threading.Event(), {}
+
+    def save(name: str, wait: threading.Event | None) -> None:
+        with transaction(service.url) as s:
+            results[name] = runner._write_version(s, evaluation_id, inputs, output).version
+            if wait is None:
+                holding.set()
+                time.sleep(0.5)  # hold the lock while the other run waits for it
+
+    one = threading.Thread(target=save, args=("one", None))
+    one.start()
+    assert holding.wait(10)
+    two = threading.Thread(target=save, args=("two", holding))
+    two.start()
+    one.join(10)
+    two.join(10)
+    assert sorted(results.values()) == [1, 2]

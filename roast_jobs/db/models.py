@@ -351,11 +351,13 @@ class Job(Base):
         Index("Job_agentEvalBatchId_idx", "agentEvalBatchId"),
         Index("Job_originalJobId_idx", "originalJobId"),
         Index("Job_cancelledById_idx", "cancelledById"),
-        # What the legacy poller claims: the oldest PENDING legacy row.
+        # What the legacy poller claims (the oldest PENDING legacy row) and the migrator
+        # walks: waiting jobs of a backend in (createdAt, id) order (migration 0002).
         Index(
             "Job_backend_pending_idx",
             "backend",
             "createdAt",
+            "id",
             postgresql_where=text("status = 'PENDING'"),
         ),
         CheckConstraint("backend IN ('legacy', 'celery')", name="Job_backend_check"),

@@ -55,6 +55,11 @@ def _snapshot(job: Job) -> JobSnapshot:
     )
 
 
+def owned_by(job: Job, owner: str | None) -> bool:
+    """Whether the Celery task ``owner`` still owns ``job`` (always, without an owner)."""
+    return owner is None or (job.backend == Backend.CELERY.value and job.broker_job_id == owner)
+
+
 def lock(session: Session, job_id: str) -> Job:
     job = session.execute(
         select(Job)
@@ -71,18 +76,21 @@ _START = """
 UPDATE "Job" SET status = 'RUNNING', attempts = attempts + 1,
        "startedAt" = CURRENT_TIMESTAMP, "updatedAt" = CURRENT_TIMESTAMP
  WHERE id = :id AND status IN ('PENDING', 'RUNNING')
+   AND (CAST(:owner AS text) IS NULL OR (backend = 'celery' AND "brokerJobId" = :owner))
 RETURNING id, status, attempts, "evaluationId", "agentEvalBatchId", "originalJobId", backend,
           "brokerJobId", "startedAt"
 """
 
 
-def mark_running(session: Session, job_id: str) -> JobSnapshot | None:
+def mark_running(session: Session, job_id: str, owner: str | None = None) -> JobSnapshot | None:
     """PENDING (or RUNNING again, after a lost worker) -> RUNNING, attempts + 1, in one
     statement (the row lock is the UPDATE's).
 
     None when the job has ended (cancelled before it started, or finished by an earlier
-    delivery): the run must do nothing."""
-    row = session.execute(text(_START), {"id": job_id}).first()
+    delivery), or, with ``owner`` (a Celery task id), when that task no longer owns the
+    job (the migrator moved it to the legacy backend, or on with a new task id): the run
+    must do nothing."""
+    row = session.execute(text(_START), {"id": job_id, "owner": owner}).first()
     if row is None:
         if session.execute(text('SELECT 1 FROM "Job" WHERE id = :id'), {"id": job_id}).first():
             return None
@@ -147,12 +155,14 @@ def fail(
     logs: str | None = None,
     from_statuses: tuple[JobStatus, ...] = ACTIVE_STATUSES,
     check_batch: bool = True,
+    owner: str | None = None,
 ) -> JobSnapshot | None:
     """-> FAILED with the cleaned error; None (nothing changed) when the job was not in
-    ``from_statuses`` (e.g. cancelled meanwhile). ``check_batch`` False: the caller adds
-    a retry job first and checks the batch itself, after it."""
+    ``from_statuses`` (e.g. cancelled meanwhile) or the Celery task ``owner`` no longer
+    owns it (moved to the other backend). ``check_batch`` False: the caller adds a retry
+    job first and checks the batch itself, after it."""
     job = lock(session, job_id)
-    if JobStatus(job.status) not in from_statuses:
+    if JobStatus(job.status) not in from_statuses or not owned_by(job, owner):
         return None
     values: dict[str, object] = {
         "status": JobStatus.FAILED,
@@ -174,14 +184,20 @@ def fail(
 
 
 def mark_retrying(
-    session: Session, job_id: str, error: str, *, allow_pending: bool = False
+    session: Session,
+    job_id: str,
+    error: str,
+    *,
+    allow_pending: bool = False,
+    owner: str | None = None,
 ) -> bool:
     """RUNNING -> PENDING with the error kept: the Celery path retries the same row.
     ``allow_pending``: the run failed before it could mark the job RUNNING (the row is
-    still PENDING). False when the job has ended (cancelled: do not retry)."""
+    still PENDING). False when the job has ended (cancelled: do not retry) or the Celery
+    task ``owner`` no longer owns it."""
     job = lock(session, job_id)
     allowed = (JobStatus.RUNNING, JobStatus.PENDING) if allow_pending else (JobStatus.RUNNING,)
-    if JobStatus(job.status) not in allowed:
+    if JobStatus(job.status) not in allowed or not owned_by(job, owner):
         return False
     session.execute(
         update(Job)

@@ -154,10 +154,13 @@ def time_limit_of_evaluation(session: Session, evaluation_id: str) -> float:
     return time_limit_for(capability)
 
 
-_NEXT_VERSION = """
-SELECT coalesce((SELECT max(version) FROM "EvaluationVersion" WHERE "evaluationId" = e.id), 0)
-  FROM "Evaluation" e WHERE e.id = :id FOR NO KEY UPDATE
-"""
+_LOCK_EVALUATION = 'SELECT 1 FROM "Evaluation" WHERE id = :id FOR NO KEY UPDATE'
+# A statement of its own, after the lock: its snapshot then holds the version the run
+# that had the lock wrote (read in the locking statement, the max was the one from
+# before the wait, and both runs wrote version max + 1).
+_LATEST_VERSION = (
+    'SELECT coalesce(max(version), 0) FROM "EvaluationVersion" WHERE "evaluationId" = :id'
+)
 
 
 @dataclass(frozen=True)
@@ -171,7 +174,8 @@ def _write_version(
 ) -> WrittenVersion:
     # The evaluation row's lock serializes version numbers between concurrent runs; NO KEY
     # UPDATE leaves new jobs of the evaluation (their foreign key's KEY SHARE) unblocked.
-    latest = session.execute(text(_NEXT_VERSION), {"id": evaluation_id}).scalar_one()
+    session.execute(text(_LOCK_EVALUATION), {"id": evaluation_id})
+    latest = session.execute(text(_LATEST_VERSION), {"id": evaluation_id}).scalar_one()
     version_id = new_uuid()
     session.execute(
         insert(EvaluationVersion),
@@ -242,10 +246,14 @@ def _logs(job_id: str, inputs: Inputs | None, lines: list[str]) -> str:
 
 
 def _prepare(
-    session: Session, job_id: str, payload: dict[str, object] | None, mark_running: bool
+    session: Session,
+    job_id: str,
+    payload: dict[str, object] | None,
+    mark_running: bool,
+    owner: str | None,
 ) -> tuple[job_records.JobSnapshot | None, Inputs | None]:
     if mark_running:
-        snapshot = job_records.mark_running(session, job_id)
+        snapshot = job_records.mark_running(session, job_id, owner)
         if snapshot is None:
             return None, None
         from roast_jobs.config import get_settings
@@ -287,13 +295,15 @@ def run_evaluation(
     time_limit_errors: tuple[type[BaseException], ...] = (),
     time_limit: float | None = None,
     mark_running: bool = False,
+    owner: str | None = None,
 ) -> RunResult:
     """Run a job. ``transaction()`` opens a committed-on-exit Session context
     (``db.session.transaction``). The legacy worker claimed the job (RUNNING) already;
     ``mark_running`` (the Celery path) marks it RUNNING in the run's first transaction.
     ``payload``: the Celery message's (checked against the row); the legacy path
     validates the row itself. ``time_limit_errors``: exceptions that mean the run hit its
-    time limit (Celery's soft limit), never retried.
+    time limit (Celery's soft limit), never retried. ``owner``: the Celery task id; the
+    run does nothing unless the row still names it (a migrated job is someone else's).
 
     Returns a result with ``started`` False when the job had ended before (cancelled):
     nothing was done. Raises ``EvaluationFailed`` when the run failed (``attempts`` =
@@ -305,7 +315,7 @@ def run_evaluation(
     attempts: int | None = None
     try:
         with transaction() as session:  # type: ignore[attr-defined]
-            snapshot, inputs = _prepare(session, job_id, payload, mark_running)
+            snapshot, inputs = _prepare(session, job_id, payload, mark_running, owner)
         if inputs is None:
             return RunResult(job_id, None, None, None, 0.0, started=False)
         attempts = snapshot.attempts if snapshot is not None else None

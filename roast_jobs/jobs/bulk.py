@@ -46,6 +46,10 @@ class TaskCall:
     eta: datetime | None = None
     singleton_key: str | None = None
     task_id: str | None = None
+    #: When the work first joined a line (e.g. a job moved from another backend): the
+    #: broker serves older messages first, so the task keeps its place. Never a delay: a
+    #: time in the future counts as now.
+    queued_at: datetime | None = None
 
     @classmethod
     def of(cls, item: TaskCall | Mapping[str, Any] | Sequence[Any]) -> TaskCall:
@@ -177,6 +181,10 @@ def build_rows(
         elif type(priority) is not int or not 0 <= priority <= 9:
             priority = clamp_priority(priority)
         key = call.singleton_key if call.singleton_key is not None else tpl.shared_key
+        visible = eta if native_delay else None
+        if visible is None and call.queued_at is not None:
+            queued = call.queued_at if call.queued_at.tzinfo else call.queued_at.replace(tzinfo=UTC)
+            visible = min(queued, datetime.now(UTC))
         payload = tpl.render(
             {
                 "id": quote(tid),
@@ -190,7 +198,7 @@ def build_rows(
         )
         env = Envelope(
             priority=priority,
-            eta=eta if native_delay else None,
+            eta=visible,
             expires=env0.expires,
             task_id=tid,
             payload=payload,

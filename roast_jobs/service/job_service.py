@@ -15,6 +15,7 @@ import random
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from celery import Celery
@@ -54,6 +55,7 @@ __all__ = [
     "CreatedJob",
     "InvalidRequest",
     "JobService",
+    "NewJob",
     "ServiceError",
     "SystemPaused",
 ]
@@ -75,7 +77,7 @@ _BATCH_NS = uuid.UUID("6f1e2a52-8d0c-4d1f-9a57-6b1f3c0e5a11")
 
 
 @dataclass(frozen=True)
-class _NewJob:
+class NewJob:
     id: str
     evaluation_id: str
     backend: Backend
@@ -83,6 +85,7 @@ class _NewJob:
     batch_id: str | None
     original_job_id: str | None = None
     time_limit: float | None = None  # the agent's (soft) limit; None: look it up
+    queued_at: datetime | None = None  # a moved job's createdAt: it keeps its place
 
 
 def check_pause(session: Session) -> None:
@@ -109,7 +112,7 @@ RETURNING id
 """
 
 
-def _payload(job: _NewJob) -> dict[str, Any]:
+def _payload(job: NewJob) -> dict[str, Any]:
     return {
         "job_id": job.id,
         "evaluation_id": job.evaluation_id,
@@ -156,7 +159,7 @@ class JobService:
     def _tx(self) -> Any:
         return transaction(self.url)
 
-    def _insert_jobs(self, session: Session, jobs: Sequence[_NewJob]) -> set[str]:
+    def _insert_jobs(self, session: Session, jobs: Sequence[NewJob]) -> set[str]:
         """Insert the rows (skipping ids already there) and send the Celery ones' messages
         in ``session``'s transaction. Returns the ids inserted now."""
         if not jobs:
@@ -175,31 +178,41 @@ class JobService:
                 },
             )
         }
-        celery = [j for j in jobs if j.backend is Backend.CELERY and j.id in inserted]
-        by_limit: dict[float, list[_NewJob]] = {}
-        for job in celery:
+        self.send_evaluations(
+            session, [j for j in jobs if j.backend is Backend.CELERY and j.id in inserted]
+        )
+        return inserted
+
+    def send_evaluations(self, session: Session, jobs: Sequence[NewJob]) -> None:
+        """The evaluation messages of Celery ``jobs`` (rows already written), in
+        ``session``'s transaction: one bulk send per time limit."""
+        by_limit: dict[float, list[NewJob]] = {}
+        for job in jobs:
             limit = job.time_limit
             if limit is None:
                 limit = time_limit_of_evaluation(session, job.evaluation_id)
             by_limit.setdefault(limit, []).append(job)
         for limit, group in by_limit.items():
             self._send_evaluations(session, group, limit)
-        return inserted
 
-    def _send_evaluations(self, session: Session, jobs: list[_NewJob], limit: float) -> None:
+    def _send_evaluations(self, session: Session, jobs: list[NewJob], limit: float) -> None:
         options = {
             "queue": QUEUES[EVALUATION_TASK],
             "soft_time_limit": limit,
             "time_limit": limit + HARD_LIMIT_GRACE,
         }
-        if len(jobs) == 1:  # one message: Celery's own send is the shortest way
+        if len(jobs) == 1 and jobs[0].queued_at is None:
+            # One new message: Celery's own send is the shortest way.
             [job] = jobs
             with enqueue_in(session):
                 self.app.send_task(
                     EVALUATION_TASK, kwargs=_payload(job), task_id=job.broker_job_id, **options
                 )
             return
-        calls = [TaskCall(kwargs=_payload(j), task_id=j.broker_job_id) for j in jobs]
+        calls = [
+            TaskCall(kwargs=_payload(j), task_id=j.broker_job_id, queued_at=j.queued_at)
+            for j in jobs
+        ]
         self.manager.send_many(EVALUATION_TASK, calls, into=session, **options)
 
     @staticmethod
@@ -210,19 +223,17 @@ class JobService:
         job_id: str | None = None,
         original_job_id: str | None = None,
         time_limit: float | None = None,
-    ) -> _NewJob:
+    ) -> NewJob:
         backend = flags.backend_for(evaluation_id)
         job_id = job_id or str(uuid.uuid4())
         broker = None
         if backend is Backend.CELERY:
             broker = str(uuid.uuid5(_BATCH_NS, f"{job_id}:celery"))
-        return _NewJob(
-            job_id, evaluation_id, backend, broker, batch_id, original_job_id, time_limit
-        )
+        return NewJob(job_id, evaluation_id, backend, broker, batch_id, original_job_id, time_limit)
 
     @staticmethod
     def _created(
-        job: _NewJob, document_id: str | None = None, agent_id: str | None = None
+        job: NewJob, document_id: str | None = None, agent_id: str | None = None
     ) -> CreatedJob:
         return CreatedJob(
             id=job.id,
@@ -367,7 +378,7 @@ class JobService:
         evaluations: dict[str, str],
         start: int,
         stop: int,
-    ) -> list[_NewJob]:
+    ) -> list[NewJob]:
         return [
             cls._plan(
                 flags,

@@ -74,7 +74,14 @@ def reconcile(service: JobService, limit: int = 200) -> list[Reconciled]:
             reason = "reconciled: PENDING with no broker message"
         with service._tx() as session:
             # Only if it is still as we saw it: a run may have moved it meanwhile.
-            done = job_records.fail(session, job_id, reason, from_statuses=(JobStatus(status),))
+            # ... and still this task's: the migrator may have moved it to legacy.
+            done = job_records.fail(
+                session,
+                job_id,
+                reason,
+                from_statuses=(JobStatus(status),),
+                owner=broker_job_id or "",
+            )
         if done is not None:
             out.append(Reconciled(job_id, status, reason))
     return out

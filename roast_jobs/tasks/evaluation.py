@@ -33,9 +33,9 @@ def evaluator() -> Evaluator:
     return load_evaluator()
 
 
-def _fail(job_id: str, message: str, logs: str | None = None) -> None:
+def _fail(job_id: str, owner: str | None, message: str, logs: str | None = None) -> None:
     with transaction() as session:
-        job_records.fail(session, job_id, message, logs=logs)
+        job_records.fail(session, job_id, message, logs=logs, owner=owner)
 
 
 # No STARTED result: the Job row records RUNNING (one write less per run).
@@ -43,13 +43,16 @@ def _fail(job_id: str, message: str, logs: str | None = None) -> None:
 # per-call max_retries=None would mean Celery's default of 3 instead.
 @app.task(name=EVALUATION_TASK, bind=True, acks_late=True, track_started=False, max_retries=None)
 def evaluation(self: Task, **payload: Any) -> dict[str, Any]:
+    # The task id owns the job: once the migrator moves the job to the legacy backend (or
+    # sends it again under a new id), this message changes nothing.
+    owner = self.request.id
     try:
         checked = parse(EvaluationPayload, payload)
     except InvalidPayload as exc:
         job_id = payload.get("job_id")
         if isinstance(job_id, str):
             with contextlib.suppress(job_records.JobNotFound):
-                _fail(job_id, str(exc))
+                _fail(job_id, owner, str(exc))
         raise EvaluationError(str(exc)) from None
     job_id = checked.job_id
     try:
@@ -61,6 +64,7 @@ def evaluation(self: Task, **payload: Any) -> dict[str, Any]:
             time_limit_errors=(SoftTimeLimitExceeded,),
             time_limit=self.request.timelimit[1] if self.request.timelimit else None,
             mark_running=True,
+            owner=owner,
         )
     except runner.EvaluationFailed as exc:
         # exc.attempts is None when the run failed before marking the job RUNNING (its
@@ -70,14 +74,16 @@ def evaluation(self: Task, **payload: Any) -> dict[str, Any]:
         if exc.retryable and attempts < get_settings().evaluation_max_attempts:
             retry = None
             with transaction() as session:
-                if job_records.mark_retrying(session, job_id, str(exc), allow_pending=not marked):
+                if job_records.mark_retrying(
+                    session, job_id, str(exc), allow_pending=not marked, owner=owner
+                ):
                     countdown = RetryPolicy.from_settings().countdown(attempts - 1)
                     with enqueue_in(session):
                         retry = self.retry(countdown=countdown, exc=exc, throw=False)
             if retry is not None:
                 raise retry from None
             return {"job_id": job_id, "status": "skipped"}
-        _fail(job_id, str(exc), exc.logs)
+        _fail(job_id, owner, str(exc), exc.logs)
         raise EvaluationError(str(exc)) from None
     if not result.started:
         log.info("job %s has ended (cancelled?): nothing to do", job_id)

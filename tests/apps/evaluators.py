@@ -111,3 +111,14 @@ class FailingEvaluator:
             if times == "always" or next_call_number(document.document_id) <= int(times):
                 raise RuntimeError(message)
             return OfflineEvaluator().evaluate(document, agent)
+
+
+class CountingEvaluator:
+    """A fast evaluator for load tests: one ``calls.log`` line per run, its evaluation named
+    "<document_id>/<agent_id>" (one job per evaluation makes it the job's identity), a
+    sleep of ``ROAST_TEST_EVAL_SLEEP`` (default 0) and a fixed small output."""
+
+    def evaluate(self, document: DocumentInput, agent: AgentInput) -> EvaluationOutput:
+        _append(f"{time.time()} {document.document_id}/{agent.agent_id} {os.getpid()} start")
+        time.sleep(float(os.environ.get("ROAST_TEST_EVAL_SLEEP", "0")))
+        return EvaluationOutput(grade=50, summary="counted", analysis="counted")

@@ -35,6 +35,9 @@ class JobStatements:
     dead_redrive: str
     dead_purge: str
     dead_purge_older: str
+    messages_for_move: str
+    delete_messages: str
+    held_task_ids: str
 
 
 @cache
@@ -198,6 +201,42 @@ def job_statements(schema: str) -> JobStatements:
                 RETURNING 1
             )
             SELECT count(*) FROM gone
+            """
+        ),
+        # Every live message of these task ids, for moving their jobs off the broker: the
+        # ones this transaction could lock (SKIP LOCKED: a claim, ack or renewal in flight
+        # keeps its row, and this never waits on a worker), and whether a worker holds
+        # each. A row locked elsewhere comes back with mine = false. The lease is read
+        # from the locked row, which is its newest version. One index lookup per task id
+        # (LATERAL, not = ANY or a join): after a bulk move the statistics are stale, and
+        # the planner then chose to read the whole table.
+        messages_for_move=q(
+            """
+            WITH ids AS MATERIALIZED (SELECT DISTINCT unnest(%(task_ids)s::text[]) AS task_id),
+            mine AS MATERIALIZED (
+                SELECT l.id, l.leased FROM ids CROSS JOIN LATERAL (
+                    SELECT id, lease_owner IS NOT NULL AND visible_at > now() AS leased
+                    FROM {s}.message WHERE task_id = ids.task_id
+                    FOR UPDATE SKIP LOCKED
+                ) l
+            )
+            SELECT m.id, m.task_id, mine.id IS NOT NULL AS mine, COALESCE(mine.leased, true)
+            FROM ids CROSS JOIN LATERAL (
+                SELECT id, task_id FROM {s}.message WHERE task_id = ids.task_id OFFSET 0
+            ) m
+            LEFT JOIN mine ON mine.id = m.id
+            """
+        ),
+        delete_messages=q("DELETE FROM {s}.message WHERE id = ANY(%(ids)s::bigint[])"),
+        # Which of these task ids a worker holds now (a read, no locks: previews).
+        held_task_ids=q(
+            """
+            SELECT DISTINCT m.task_id
+            FROM unnest(%(task_ids)s::text[]) AS ids(task_id) CROSS JOIN LATERAL (
+                SELECT task_id FROM {s}.message
+                WHERE task_id = ids.task_id AND lease_owner IS NOT NULL
+                  AND visible_at > now() OFFSET 0
+            ) m
             """
         ),
         dead_purge_older=q(
