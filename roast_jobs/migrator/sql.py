@@ -51,23 +51,23 @@ _WAITING_LEGACY = """
 FORWARD_BATCH = f"""
 WITH picked AS MATERIALIZED ({_WAITING_LEGACY} FOR UPDATE SKIP LOCKED),
 checked AS MATERIALIZED ({_CHECKED.format(source="picked")}),
-moved AS (
-    UPDATE "Job" j SET backend = 'celery', "brokerJobId" = gen_random_uuid()::text,
-                       "updatedAt" = CURRENT_TIMESTAMP
+done AS (
+    -- One UPDATE for both fates: a second one (FROM checked, fewer rows) was planned as
+    -- a hash join over the whole table.
+    UPDATE "Job" j
+       SET backend = CASE WHEN c.reason IS NULL THEN 'celery' ELSE j.backend END,
+           "brokerJobId" = CASE WHEN c.reason IS NULL THEN gen_random_uuid()::text END,
+           status = CASE WHEN c.reason IS NULL THEN j.status ELSE 'FAILED' END,
+           error = CASE WHEN c.reason IS NULL THEN j.error
+                        ELSE 'not migrated to celery: ' || c.reason END,
+           "completedAt" = CASE WHEN c.reason IS NULL THEN j."completedAt"
+                                ELSE CURRENT_TIMESTAMP END,
+           "updatedAt" = CURRENT_TIMESTAMP
       FROM checked c
-     WHERE j.id = c.id AND c.reason IS NULL
-    RETURNING j.id, c.evaluation_id, c.batch_id, c.created_at, c.capability,
-              NULL::text AS reason, j."brokerJobId" AS broker_job_id
-),
-failed AS (
-    UPDATE "Job" j SET status = 'FAILED', error = 'not migrated to celery: ' || c.reason,
-                       "completedAt" = CURRENT_TIMESTAMP, "updatedAt" = CURRENT_TIMESTAMP
-      FROM checked c
-     WHERE j.id = c.id AND c.reason IS NOT NULL
+     WHERE j.id = c.id
     RETURNING j.id, c.evaluation_id, c.batch_id, c.created_at, c.capability, c.reason,
-              NULL::text AS broker_job_id
+              j."brokerJobId" AS broker_job_id
 ),
-done AS (SELECT * FROM moved UNION ALL SELECT * FROM failed),
 recorded AS (
     INSERT INTO "JobMigrationStatus"
            (id, "jobId", "fromBackend", "toBackend", status, "brokerJobId", error, "runId",
@@ -90,23 +90,18 @@ SELECT reason, count(*) FROM checked GROUP BY reason ORDER BY reason NULLS FIRST
 """
 
 _WAITING_CELERY = """
-    SELECT id, "brokerJobId" AS broker_job_id FROM "Job"
+    SELECT id, "brokerJobId", "createdAt" FROM "Job"
      WHERE status = 'PENDING' AND backend = 'celery'
        AND ("createdAt", id) > (CAST(:after_created AS timestamp(3)), CAST(:after_id AS text))
      ORDER BY "createdAt", id
      LIMIT :limit
 """
 
-_REVERSE_PAGE = """
-SELECT w.id, w.broker_job_id, j."createdAt"
-  FROM ({waiting} {lock}) w JOIN "Job" j ON j.id = w.id
- ORDER BY j."createdAt", j.id
-"""
 # The next waiting Celery jobs after the cursor, locked (SKIP LOCKED), in creation order;
 # the cursor and the order come from Job_backend_pending_idx (backend, createdAt, id).
-REVERSE_PICK = _REVERSE_PAGE.format(waiting=_WAITING_CELERY, lock="FOR UPDATE SKIP LOCKED")
+REVERSE_PICK = _WAITING_CELERY + " FOR UPDATE SKIP LOCKED"
 # The same page read without locks (previews).
-REVERSE_PAGE = _REVERSE_PAGE.format(waiting=_WAITING_CELERY, lock="")
+REVERSE_PAGE = _WAITING_CELERY
 
 # Jobs whose messages were deleted (or that had none) back to the legacy table, one
 # record each (the record keeps the task id the job had).
