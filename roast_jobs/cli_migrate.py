@@ -106,7 +106,10 @@ def _run(direction_name: str, **kw: Any) -> None:
     for reason, count in sorted(summary.skipped.items()):
         click.echo(f"  not moved: {count} ({reason})")
     if summary.left_running is not None:
-        click.echo(f"  left running on Celery: {summary.left_running}")
+        click.echo(
+            f"  still on Celery: {summary.left_running} (running, held by a worker, "
+            "or beyond --limit)"
+        )
     click.echo(
         f"  batches: {summary.batches}, time: {summary.seconds:.2f} s, "
         f"rate: {summary.rate:,.0f} jobs/s"

@@ -334,6 +334,15 @@ if ((!UPGRADED)); then
 elif ((SKIP_MIGRATION)); then
     info "skipped (--skip-migration): waiting Celery jobs stay on Celery"
 else
+    # App processes re-read the flags every ROAST_JOBS_FLAG_REFRESH_SECONDS: wait that
+    # long, or a job created on the old flags lands on Celery after this pass.
+    refresh=${ROAST_JOBS_FLAG_REFRESH_SECONDS:-2}
+    if ((DRY_RUN)); then
+        info "would wait ${refresh}s for every process to see rollout 0"
+    else
+        info "waiting ${refresh}s for every process to see rollout 0"
+        sleep "$refresh"
+    fi
     migrate=("${RJ[@]}" migrate celery-to-legacy)
     [[ -z $BATCH_SIZE ]] || migrate+=(--batch-size "$BATCH_SIZE")
     run "${migrate[@]}" ||
@@ -412,6 +421,14 @@ if ((${#LIVE[@]} == 0)); then
 else
     ((${#beat[@]} == 0)) || stop_group "${beat[@]}"
     ((${#workers[@]} == 0)) || stop_group "${workers[@]}"
+fi
+# Jobs the workers held during step 3 (and retries they queued since) are waiting on
+# Celery now that no worker runs: move them too.
+if ((UPGRADED && !SKIP_MIGRATION && ${#LIVE[@]} > 0)); then
+    info "moving what the stopped workers left waiting on Celery"
+    run "${migrate[@]}" ||
+        die "the second reverse migration failed; run: ${migrate[*]}"
+    info "jobs still waiting on celery above were held by a killed worker: its leases end after ROAST_JOBS_LEASE_SECONDS; run the migration again then"
 fi
 if [[ -e $RUN_DIR/canary.soaked ]]; then
     if ((DRY_RUN)); then

@@ -18,11 +18,13 @@ import pytest
 
 from roast_jobs.db.models import AgentEvalBatch
 from roast_jobs.db.session import transaction
-from roast_jobs.domain import job_records, sample_data
+from roast_jobs.domain import job_records, runner, sample_data
+from roast_jobs.domain.offline_evaluator import OfflineEvaluator
 from roast_jobs.domain.runner import time_limit_for
 from roast_jobs.migrator import Direction, migrate
 from roast_jobs.service import flags
 from roast_jobs.service.job_service import _BATCH_NS, HARD_LIMIT_GRACE, JobService
+from roast_jobs.service.reconcile import reconcile
 from tests.conftest import BROKER_SCHEMA
 from tests.workers import REPO
 
@@ -372,7 +374,7 @@ def test_cli_summary_json_progress_and_bad_input(
     done = roast_jobs_cli(service.url, "migrate", "celery-to-legacy", "--limit", "4")
     assert done.returncode == 0, done.stderr
     assert "moved: 4 jobs to the legacy table" in done.stdout
-    assert "left running on Celery: 0" in done.stdout
+    assert "still on Celery: 2 (" in done.stdout
 
     before = snapshot(service.url)
     for bad in (["--batch-size", "0"], ["--limit", "-1"], ["--batch-size", "x"]):
@@ -381,3 +383,93 @@ def test_cli_summary_json_progress_and_bad_input(
     done = roast_jobs_cli(service.url + "_missing", "migrate", "celery-to-legacy")
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
     assert snapshot(service.url) == before
+
+
+def test_a_run_whose_job_moved_on_while_it_evaluated_does_not_finish_it(
+    service: JobService, people: dict[str, Any]
+) -> None:
+    """A lapsed lease let another delivery retry the job and the migrator move it to
+    legacy while this run was evaluating: the run must not complete a job it lost."""
+    set_rollout(service, 100)
+    with transaction(service.url) as s:
+        [doc] = sample_data.create_documents(s, people["user"], 1)
+    [job] = service.create_evaluation_jobs(doc, people["agents"][:1])
+
+    class MovedMeanwhile:
+        def evaluate(self, document: Any, agent: Any) -> Any:
+            with psycopg.connect(service.url, autocommit=True) as conn:
+                # ... and a legacy worker has claimed it since.
+                conn.execute(
+                    "UPDATE \"Job\" SET status = 'RUNNING', backend = 'legacy', "
+                    '"brokerJobId" = NULL WHERE id = %s',
+                    (job.id,),
+                )
+            return OfflineEvaluator().evaluate(document, agent)
+
+    result = runner.run_evaluation(
+        job.id,
+        MovedMeanwhile(),
+        lambda: transaction(service.url),
+        mark_running=True,
+        owner=job.broker_job_id,
+    )
+    assert result.evaluation_version_id is None
+    assert rows(service.url, 'SELECT status, backend FROM "Job" WHERE id = %s', job.id) == [
+        ("RUNNING", "legacy")
+    ]
+    assert rows(
+        service.url,
+        'SELECT count(*) FROM "EvaluationVersion" WHERE "evaluationId" = %s',
+        job.evaluation_id,
+    ) == [(0,)]
+
+
+def test_reconcile_still_fails_a_stale_celery_row_without_a_task_id(
+    service: JobService, people: dict[str, Any]
+) -> None:
+    set_rollout(service, 100)
+    with transaction(service.url) as s:
+        [doc] = sample_data.create_documents(s, people["user"], 1)
+    [job] = service.create_evaluation_jobs(doc, people["agents"][:1])
+    with psycopg.connect(service.url, autocommit=True) as conn:
+        conn.execute(f"DELETE FROM {MESSAGES}")
+        conn.execute(
+            'UPDATE "Job" SET "brokerJobId" = NULL, '
+            '"updatedAt" = "updatedAt" - interval \'1 day\' WHERE id = %s',
+            (job.id,),
+        )
+    assert [r.job_id for r in reconcile(service)] == [job.id]
+    assert rows(service.url, 'SELECT status FROM "Job" WHERE id = %s', job.id) == [("FAILED",)]
+
+
+def test_reverse_tells_a_busy_message_from_a_held_one_and_limit_counts_what_it_saw(
+    service: JobService, people: dict[str, Any]
+) -> None:
+    set_rollout(service, 100)
+    with transaction(service.url) as s:
+        docs = sample_data.create_documents(s, people["user"], 2)
+    jobs = [j for d in docs for j in service.create_evaluation_jobs(d, people["agents"])]
+    first = rows(service.url, 'SELECT id FROM "Job" ORDER BY "createdAt", id LIMIT 1')[0][0]
+    [busy] = [j for j in jobs if j.id == first]
+    locked, release = threading.Event(), threading.Event()
+
+    def ack_in_flight() -> None:
+        with psycopg.connect(service.url) as conn:
+            conn.execute(
+                f"SELECT 1 FROM {MESSAGES} WHERE task_id = %s FOR UPDATE", (busy.broker_job_id,)
+            )
+            locked.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=ack_in_flight)
+    thread.start()
+    try:
+        assert locked.wait(10)
+        limited = migrate(REVERSE, service.url, limit=2, batch_size=1, service=service)
+    finally:
+        release.set()
+        thread.join()
+    assert limited.skipped == {"message busy (claim or ack in flight)": 1}
+    assert limited.moved == 1  # two looked at: the busy one and one more
+    rest = migrate(REVERSE, service.url, service=service)
+    assert (rest.moved, rest.skipped, rest.left_running) == (3, {}, 0)

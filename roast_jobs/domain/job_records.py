@@ -56,8 +56,11 @@ def _snapshot(job: Job) -> JobSnapshot:
 
 
 def owned_by(job: Job, owner: str | None) -> bool:
-    """Whether the Celery task ``owner`` still owns ``job`` (always, without an owner)."""
-    return owner is None or (job.backend == Backend.CELERY.value and job.broker_job_id == owner)
+    """Whether the Celery task ``owner`` still owns ``job`` (always, without an owner).
+    ``owner`` "" stands for a Celery row that has no task id."""
+    return owner is None or (
+        job.backend == Backend.CELERY.value and (job.broker_job_id or "") == owner
+    )
 
 
 def lock(session: Session, job_id: str) -> Job:
@@ -134,16 +137,23 @@ def complete(
     batches.complete_if_done(session, batch_id)
 
 
-def lock_status(session: Session, job_id: str) -> tuple[JobStatus, str, str | None]:
-    """(status, evaluation id, batch id) of the job, its row locked."""
+def lock_status(
+    session: Session, job_id: str, owner: str | None = None
+) -> tuple[JobStatus, str, str | None]:
+    """(status, evaluation id, batch id) of the job, its row locked. With ``owner`` (a
+    Celery task id) a job that task no longer owns reads as CANCELLED: it is not the
+    run's to finish."""
     row = session.execute(
         text(
-            'SELECT status, "evaluationId", "agentEvalBatchId" FROM "Job" WHERE id = :id FOR UPDATE'
+            'SELECT status, "evaluationId", "agentEvalBatchId", backend, "brokerJobId" '
+            'FROM "Job" WHERE id = :id FOR UPDATE'
         ),
         {"id": job_id},
     ).first()
     if row is None:
         raise JobNotFound(job_id)
+    if owner is not None and (row[3] != Backend.CELERY.value or (row[4] or "") != owner):
+        return JobStatus.CANCELLED, row[1], row[2]
     return JobStatus(row[0]), row[1], row[2]
 
 

@@ -337,7 +337,7 @@ def run_evaluation(
     duration = time.monotonic() - started
     lines.append(f"grade {output.grade}, {len(output.comments)} comments, {duration:.3f} s")
     try:
-        return _record(job_id, inputs, output, transaction, lines, duration, attempts)
+        return _record(job_id, inputs, output, transaction, lines, duration, attempts, owner)
     except time_limit_errors as exc:
         failure = TimeLimitExceeded(time_limit or 0)
         lines.append(f"failed while saving: {failure}")
@@ -359,11 +359,14 @@ def _record(
     lines: list[str],
     duration: float,
     attempts: int | None,
+    owner: str | None,
 ) -> RunResult:
     """The version, its comments and COMPLETED, in one transaction."""
     with transaction() as session:  # type: ignore[attr-defined]
-        status, evaluation_id, batch_id = job_records.lock_status(session, job_id)
-        if status is not JobStatus.RUNNING:  # cancelled meanwhile: it stays so
+        status, evaluation_id, batch_id = job_records.lock_status(session, job_id, owner)
+        # Cancelled meanwhile (it stays so), or no longer this task's: a lapsed lease
+        # let another delivery retry it, and the migrator moved it on.
+        if status is not JobStatus.RUNNING:
             return RunResult(job_id, None, None, output.grade, duration, attempts=attempts)
         version = _write_version(session, evaluation_id, inputs, output)
         job_records.complete(

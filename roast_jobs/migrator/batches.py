@@ -102,7 +102,7 @@ def reverse_batch(
     out.last = (picked[-1][2], picked[-1][0])
     brokers = [broker for _id, broker, _c in picked if broker]
     link = service.manager.link
-    messages: dict[str, list[tuple[int, bool, bool]]] = {}
+    messages: dict[str, list[tuple[int, bool, bool | None]]] = {}
     raw = session.connection().exec_driver_sql(link.jobs.messages_for_move, {"task_ids": brokers})
     for message_id, task_id, mine, leased in raw:
         messages.setdefault(task_id, []).append((message_id, mine, leased))
@@ -111,11 +111,11 @@ def reverse_batch(
     doomed: list[int] = []
     for job_id, broker, _created in picked:
         found = messages.get(broker or "", [])
-        if any(leased for _m, _mine, leased in found):
-            out.skip("held by a Celery worker")
-            continue
         if not all(mine for _m, mine, _l in found):
             out.skip("message busy (claim or ack in flight)")
+            continue
+        if any(leased for _m, _mine, leased in found):
+            out.skip("held by a Celery worker")
             continue
         ids.append(job_id)
         olds.append(broker)

@@ -48,7 +48,8 @@ class Summary:
     seconds: float = 0.0
     waiting_before: int = 0
     waiting_after: int = 0
-    left_running: int | None = None  # reverse: Celery jobs left where they are
+    # Reverse: jobs still on Celery at the end, PENDING (held by a worker) or RUNNING.
+    left_running: int | None = None
 
     @property
     def rate(self) -> float:
@@ -109,8 +110,12 @@ def migrate(
         summary.waiting_after = waiting(url, direction.source)
         if direction is Direction.CELERY_TO_LEGACY:
             with transaction(url) as session:
-                running = session.execute(text(sql.CELERY_RUNNING)).scalar_one()
-            summary.left_running = int(running) + sum(summary.skipped.values())
+                running, active = session.execute(text(sql.CELERY_ACTIVE)).one()
+            # A real run counts what is still on Celery when it ends; a dry run what a
+            # worker holds now and would keep.
+            summary.left_running = (
+                int(running) + sum(summary.skipped.values()) if dry_run else int(active)
+            )
     finally:
         summary.seconds = time.monotonic() - started
         if own:
@@ -182,20 +187,21 @@ def _reverse(
     seen = 0
     for _ in range(REVERSE_PASSES):
         after: tuple[datetime, str] | None = None
-        moved_before = summary.moved
-        summary.skipped = {}  # what this pass leaves; a later pass may still move it
+        moved_before, left = summary.moved, Summary("", False, None)
         while (size := _budget(limit, seen, batch_size)) > 0:
             with transaction(url) as session:
                 result = reverse_batch(service, session, size, run_id, after)
             if result.picked == 0:
                 break
             after = result.last
-            seen += result.moved  # a job skipped now is looked at again next pass
+            seen += result.picked
             summary.batches += 1
-            summary.add(result)
+            summary.moved += result.moved
+            left.add(result)  # what this pass leaves; a later pass may still move it
+            summary.skipped = left.skipped
             if progress:
                 progress(summary, seen)
             if pause:
                 time.sleep(pause)
-        if not summary.skipped or summary.moved == moved_before:
+        if not left.skipped or summary.moved == moved_before:
             break

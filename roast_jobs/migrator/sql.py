@@ -121,9 +121,10 @@ SELECT gen_random_uuid()::text, id, 'celery', 'legacy', 'moved', broker, NULL, :
   FROM moved
 """
 
-# Jobs running on Celery: a reverse run leaves them where they are.
-CELERY_RUNNING = """
-SELECT count(*) FROM "Job" WHERE backend = 'celery' AND status = 'RUNNING'
+# Jobs a reverse run leaves on Celery: (RUNNING, RUNNING or PENDING).
+CELERY_ACTIVE = """
+SELECT count(*) FILTER (WHERE status = 'RUNNING'), count(*)
+  FROM "Job" WHERE backend = 'celery' AND status IN ('PENDING', 'RUNNING')
 """
 
 WAITING_COUNT = """

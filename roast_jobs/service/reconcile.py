@@ -74,7 +74,8 @@ def reconcile(service: JobService, limit: int = 200) -> list[Reconciled]:
             reason = "reconciled: PENDING with no broker message"
         with service._tx() as session:
             # Only if it is still as we saw it: a run may have moved it meanwhile.
-            # ... and still this task's: the migrator may have moved it to legacy.
+            # ... and still this task's ("": a Celery row with no task id): the migrator
+            # may have moved it to legacy.
             done = job_records.fail(
                 session,
                 job_id,

@@ -206,10 +206,10 @@ def job_statements(schema: str) -> JobStatements:
         # Every live message of these task ids, for moving their jobs off the broker: the
         # ones this transaction could lock (SKIP LOCKED: a claim, ack or renewal in flight
         # keeps its row, and this never waits on a worker), and whether a worker holds
-        # each. A row locked elsewhere comes back with mine = false. The lease is read
-        # from the locked row, which is its newest version. One index lookup per task id
-        # (LATERAL, not = ANY or a join): after a bulk move the statistics are stale, and
-        # the planner then chose to read the whole table.
+        # each. A row locked elsewhere comes back with mine = false (leased unknown).
+        # The lease is read from the locked row, which is its newest version. One index
+        # lookup per task id (LATERAL, not = ANY or a join): after a bulk move the
+        # statistics are stale, and the planner then chose to read the whole table.
         messages_for_move=q(
             """
             WITH ids AS MATERIALIZED (SELECT DISTINCT unnest(%(task_ids)s::text[]) AS task_id),
@@ -220,7 +220,7 @@ def job_statements(schema: str) -> JobStatements:
                     FOR UPDATE SKIP LOCKED
                 ) l
             )
-            SELECT m.id, m.task_id, mine.id IS NOT NULL AS mine, COALESCE(mine.leased, true)
+            SELECT m.id, m.task_id, mine.id IS NOT NULL AS mine, mine.leased
             FROM ids CROSS JOIN LATERAL (
                 SELECT id, task_id FROM {s}.message WHERE task_id = ids.task_id OFFSET 0
             ) m
