@@ -139,6 +139,13 @@ def migrate() -> None:
 
 @migrate.command("legacy-to-celery")
 @_options
+@click.option(
+    "--parallel",
+    type=click.IntRange(min=1, max=8),
+    default=1,
+    show_default=True,
+    help="Batches in flight at once, each its own transaction and connection.",
+)
 def legacy_to_celery(**kw: Any) -> None:
     """Send every waiting legacy job to Celery, oldest first. A job that cannot run (its
     document or agent has no version, an invalid id) is marked FAILED with the reason."""

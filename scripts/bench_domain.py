@@ -57,10 +57,9 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from bench_domain_support import (
@@ -70,13 +69,13 @@ from bench_domain_support import (
     LegacyWorker,
     WorkerProcess,
     clock_offset,
-    create_database,
-    drop_database,
     log,
     markdown,
     percentile,
+    raise_interrupt,
     running,
     server_info,
+    throwaway_database,
 )
 
 PATHS = ("legacy", "celery")
@@ -746,34 +745,6 @@ def check_evaluator() -> None:
         raise RuntimeError(
             f"the evaluator fails here, so it would in the workers: {exc!r}"
         ) from exc
-
-
-def raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def throwaway_database(server_url: str) -> Iterator[str]:
-    from roast_jobs.db.migrate import upgrade
-
-    name, url = create_database(server_url)
-    log(f"database {name} created")
-    try:
-        upgrade(url)
-        yield url
-    finally:
-        from roast_jobs.broker.connections import close_pools
-        from roast_jobs.db.session import dispose_engines
-
-        with contextlib.suppress(Exception):
-            dispose_engines()
-        with contextlib.suppress(Exception):
-            close_pools()
-        try:
-            drop_database(server_url, name)
-            log(f"database {name} dropped")
-        except Exception as exc:
-            print(f"could not drop database {name}: {exc!r}", file=sys.stderr)
 
 
 def run(

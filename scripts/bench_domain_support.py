@@ -13,8 +13,9 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -87,6 +88,36 @@ def drop_database(server_url: str, name: str) -> None:
 
     with psycopg.connect(server_url, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM as Ctrl-C: the scratch database is dropped on the way out."""
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def throwaway_database(server_url: str) -> Iterator[str]:
+    """A new database on ``server_url``'s server, migrated, dropped at the end."""
+    from roast_jobs.db.migrate import upgrade
+
+    name, url = create_database(server_url)
+    log(f"database {name} created")
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        from roast_jobs.broker.connections import close_pools
+        from roast_jobs.db.session import dispose_engines
+
+        with contextlib.suppress(Exception):
+            dispose_engines()
+        with contextlib.suppress(Exception):
+            close_pools()
+        try:
+            drop_database(server_url, name)
+            log(f"database {name} dropped")
+        except Exception as exc:
+            print(f"could not drop database {name}: {exc!r}", file=sys.stderr)
 
 
 def clock_offset(url: str, samples: int = 15) -> tuple[float, float]:

@@ -54,20 +54,19 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from bench_domain_support import (
     DEFAULT_URL,
     UNSET_ENV,
-    create_database,
-    drop_database,
     log,
     markdown,
+    raise_interrupt,
     server_info,
+    throwaway_database,
 )
 
 #: The issue's goals.
@@ -82,12 +81,12 @@ Metrics = dict[str, float]
 #: sql.py and broker/sql/jobs.py); the first match wins.
 STATEMENTS: list[tuple[str, str]] = [
     ("forward_batch", "WITH picked AS MATERIALIZED"),
-    ("reverse_pick", "SKIP LOCKED) w JOIN"),
+    ("reverse_pick", '("createdAt", id) > ('),
     ("messages_for_move", "mine AS MATERIALIZED"),
     ("delete_messages", ".message WHERE id = ANY("),
     ("reverse_move", "SET backend = 'legacy'"),
     ("waiting_count", 'SELECT count(*) FROM "Job" WHERE status'),
-    ("celery_running", "status = 'RUNNING'"),
+    ("celery_active", "status IN ('PENDING', 'RUNNING')"),
 ]
 
 
@@ -321,7 +320,9 @@ def raw_send(bench: Bench, out: Metrics, chunk: int, prefix: str) -> None:
     )
 
 
-def run_migration(bench: Bench, direction: Any, prefix: str, out: Metrics) -> Any:
+def run_migration(
+    bench: Bench, direction: Any, prefix: str, out: Metrics, parallel: int = 1
+) -> Any:
     """One ``migrate`` call, end to end (its service made and closed inside the clock)."""
     from roast_jobs.migrator import migrate
 
@@ -337,6 +338,7 @@ def run_migration(bench: Bench, direction: Any, prefix: str, out: Metrics) -> An
             bench.url,
             batch_size=bench.args.batch_size,
             service=service,
+            parallel=parallel,
             progress=lambda _s, _seen: marks.append(time.perf_counter()),
         )
     finally:
@@ -409,11 +411,14 @@ def check(bench: Bench, what: str, got: dict[str, int], want: dict[str, int]) ->
     return True
 
 
-def forward(bench: Bench, out: Metrics) -> bool:
+def forward(
+    bench: Bench, out: Metrics, prefix: str = "fwd", parallel: int = 1, before: int = 0
+) -> bool:
+    """A forward run, checked; ``before``: ledger rows already there."""
     from roast_jobs.migrator import Direction
 
     n = bench.n
-    summary = run_migration(bench, Direction.LEGACY_TO_CELERY, "fwd", out)
+    summary = run_migration(bench, Direction.LEGACY_TO_CELERY, prefix, out, parallel)
     got = job_counts(bench)
     got["moved"] = summary.moved
     got["records"], got["records_of_run"] = ledger(bench, summary.run_id, "legacy")
@@ -427,18 +432,19 @@ def forward(bench: Bench, out: Metrics) -> bool:
         got,
         {
             "moved": n, "pending_legacy": 0, "pending_celery": n, "not_pending": 0,
-            "messages": n, "messages_of_moved_jobs": n, "records": n, "records_of_run": n,
+            "messages": n, "messages_of_moved_jobs": n, "records": before + n,
+            "records_of_run": n,
         },
     )  # fmt: skip
-    out["fwd_vacuum_s"] = bench.vacuum()
+    out[f"{prefix}_vacuum_s"] = bench.vacuum()
     return ok
 
 
-def reverse(bench: Bench, out: Metrics) -> bool:
+def reverse(bench: Bench, out: Metrics, prefix: str = "rev", before: int = 0) -> bool:
     from roast_jobs.migrator import Direction
 
     n = bench.n
-    summary = run_migration(bench, Direction.CELERY_TO_LEGACY, "rev", out)
+    summary = run_migration(bench, Direction.CELERY_TO_LEGACY, prefix, out)
     got = job_counts(bench)
     got["moved"] = summary.moved
     got["records"], got["records_of_run"] = ledger(bench, summary.run_id, "celery")
@@ -448,10 +454,10 @@ def reverse(bench: Bench, out: Metrics) -> bool:
         got,
         {
             "moved": n, "pending_legacy": n, "pending_celery": 0, "not_pending": 0,
-            "with_task_id": 0, "messages": 0, "records": 2 * n, "records_of_run": n,
+            "with_task_id": 0, "messages": 0, "records": before + n, "records_of_run": n,
         },
     )  # fmt: skip
-    out["rev_vacuum_s"] = bench.vacuum()
+    out[f"{prefix}_vacuum_s"] = bench.vacuum()
     return ok
 
 
@@ -469,9 +475,13 @@ def one_round(bench: Bench, round_: int) -> tuple[Metrics, bool]:
         bench.mark_rss("after the first forward run")
     if ok:
         log(f"round {round_}: reverse ...")
-        ok = reverse(bench, out)
+        ok = reverse(bench, out, before=bench.n)
         if round_ == 1:
             bench.mark_rss("after the first reverse run")
+    if ok and bench.args.parallel > 1:
+        log(f"round {round_}: forward --parallel {bench.args.parallel} ...")
+        ok = forward(bench, out, "fwdp", bench.args.parallel, before=2 * bench.n)
+        ok = ok and reverse(bench, out, "revp", before=3 * bench.n)
     if ok:
         # For comparison: the whole send in one call, as bench_broker.py measures it.
         raw_send(bench, out, bench.n, "raw1")
@@ -538,6 +548,13 @@ def results_table(rounds: list[Metrics], args: argparse.Namespace) -> str:
     add(f"reverse celery->legacy: seconds for {n:,} / jobs/s", sec_rate("rev"),
         sec_rate_median("rev"))  # fmt: skip
     ratio_row("forward / send_many raw ratio", "raw_rate")
+    if args.parallel > 1:
+        add(
+            f"forward, --parallel {args.parallel}: seconds for {n:,} / jobs/s",
+            sec_rate("fwdp"),
+            sec_rate_median("fwdp"),
+        )
+        ratio_row(f"forward (--parallel {args.parallel}) / send_many raw ratio", "raw_rate|fwdp")
     rate_row(f"for comparison: send_many raw, one call of {n:,} (msg/s)", "raw1_rate")
     ratio_row("forward / send_many raw (one call) ratio", "raw1_rate")
     # The breakdown.
@@ -560,7 +577,9 @@ def results_table(rounds: list[Metrics], args: argparse.Namespace) -> str:
 
 
 def ratio(r: Metrics, raw_key: str) -> float | None:
-    f, raw = r.get("fwd_rate"), r.get(raw_key)
+    """forward / raw; ``raw_key`` "raw_rate|fwdp" takes the forward of prefix fwdp."""
+    raw_key, _, prefix = raw_key.partition("|")
+    f, raw = r.get(f"{prefix or 'fwd'}_rate"), r.get(raw_key)
     return f / raw if f is not None and raw else None
 
 
@@ -570,7 +589,7 @@ def median_ratio(rounds: list[Metrics], raw_key: str) -> float | None:
     return statistics.median(ratios) if ratios else None
 
 
-def goals_table(rounds: list[Metrics], complete: bool, batch_size: int) -> str:
+def goals_table(rounds: list[Metrics], complete: bool, batch_size: int, parallel: int = 1) -> str:
     fwd_s, rev_s = median_of(rounds, "fwd_seconds"), median_of(rounds, "rev_seconds")
     fwd = median_of(rounds, "fwd_rate")
 
@@ -600,6 +619,17 @@ def goals_table(rounds: list[Metrics], complete: bool, batch_size: int) -> str:
                 verdict(None if x is None else x >= GOAL_RAW_RATIO),
             ]
         )
+    if parallel > 1:
+        x, raw = median_ratio(rounds, "raw_rate|fwdp"), median_of(rounds, "raw_rate")
+        fwdp = median_of(rounds, "fwdp_rate")
+        rows.append(
+            [
+                f"forward --parallel {parallel} >= {GOAL_RAW_RATIO:g} x send_many raw "
+                f"({batch_size:,} per call)",
+                "-" if x is None else f"{x:.2f}x ({fmt_rate(fwdp)} vs {fmt_rate(raw)} jobs/s)",
+                verdict(None if x is None else x >= GOAL_RAW_RATIO),
+            ]
+        )
     return markdown(["goal (medians)", "measured", "result"], rows)
 
 
@@ -607,7 +637,7 @@ def derive(out: Metrics) -> None:
     for prefix in ("fwd", "rev"):
         out[f"{prefix}_small_sql_s"] = sum(
             out.get(f"{prefix}_sql_{label}_s", 0.0)
-            for label in ("waiting_count", "celery_running", "other_sql")
+            for label in ("waiting_count", "celery_active", "other_sql")
         )
     out["vacuum_total_s"] = sum(out.get(k, 0.0) for k in ("raw_vacuum_s", "fwd_vacuum_s",
                                                            "rev_vacuum_s"))  # fmt: skip
@@ -630,6 +660,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--documents", type=int, default=1000)
     p.add_argument("--agents", type=int, default=4, help="evaluations: documents x agents")
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="raw numbers")
+    p.add_argument(
+        "--parallel",
+        type=int,
+        default=2,
+        help="also time a forward run with this many batches in flight (1: skip it)",
+    )
     p.add_argument("--quick", action="store_true", help="10,000 jobs, one round (a smoke run)")
     args = p.parse_args(argv)
     args.database_url = args.database_url or os.environ.get("DATABASE_URL") or DEFAULT_URL
@@ -665,34 +701,6 @@ def machine_info(args: argparse.Namespace) -> list[str]:
     except Exception as exc:
         lines.append(f"PostgreSQL: unavailable ({exc!r})")
     return lines
-
-
-def raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def scratch_database(server_url: str) -> Iterator[str]:
-    from roast_jobs.db.migrate import upgrade
-
-    name, url = create_database(server_url)
-    log(f"database {name} created")
-    try:
-        upgrade(url)
-        yield url
-    finally:
-        from roast_jobs.broker.connections import close_pools
-        from roast_jobs.db.session import dispose_engines
-
-        with contextlib.suppress(Exception):
-            dispose_engines()
-        with contextlib.suppress(Exception):
-            close_pools()
-        try:
-            drop_database(server_url, name)
-            log(f"database {name} dropped")
-        except Exception as exc:
-            print(f"could not drop database {name}: {exc!r}", file=sys.stderr)
 
 
 def run(args: argparse.Namespace, url: str) -> tuple[list[Metrics], Bench]:
@@ -766,7 +774,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in header:
         print(line, file=sys.stderr)
     try:
-        with scratch_database(args.database_url) as url:
+        with throwaway_database(args.database_url) as url:
             rounds, bench = run(args, url)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -785,7 +793,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(results_table(rounds, args))
     print()
-    print(goals_table(rounds, complete, args.batch_size))
+    print(goals_table(rounds, complete, args.batch_size, args.parallel))
     print()
     print(
         "send_many raw: JobManager.send_many(EVALUATION_TASK, [TaskCall(kwargs=...)], "

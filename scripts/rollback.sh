@@ -6,6 +6,8 @@
 set -euo pipefail
 
 PROG=${0##*/}
+# shellcheck source-path=SCRIPTDIR source=lib/ops.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/ops.sh" # say, info, die, run, ...
 
 usage() {
     cat <<EOF
@@ -54,40 +56,7 @@ on PATH); the app's ROAST_JOBS_* settings reach roast-jobs unchanged.
 EOF
 }
 
-# -- output ------------------------------------------------------------------------------
-
-STEP_TOTAL=5
-say() { printf '%s\n' "$*"; }
-info() { printf '    %s\n' "$*"; }
-warn() { printf '    warning: %s\n' "$*" >&2; }
-die() {
-    printf '%s: error: %s\n' "$PROG" "$*" >&2
-    exit 1
-}
-step() { printf '\n==> [%s/%s] %s\n' "$1" "$STEP_TOTAL" "$2"; }
-indent() { sed 's/^/    | /'; }
-
-shown() { # the words of a command, quoted for a shell; the database URL shown by name only
-    local out="" word
-    for word in "$@"; do
-        if [[ $word == "$PG_URL" ]]; then
-            # shellcheck disable=SC2016 # shown as the variable's name, not its value
-            out+='"$DATABASE_URL" '
-        else
-            out+="$(printf '%q' "$word") "
-        fi
-    done
-    printf '%s' "${out% }"
-}
-
-run() { # run CMD...: run it (saying so), or under --dry-run only say what would run
-    if ((DRY_RUN)); then
-        info "would run: $(shown "$@")"
-        return 0
-    fi
-    info "running: $(shown "$@")"
-    "$@" 2>&1 | indent # (pipefail: the command's status)
-}
+STEP_TOTAL=5 # the steps of this script, for step (lib/ops.sh)
 
 # -- options -----------------------------------------------------------------------------
 
@@ -102,7 +71,6 @@ SKIP_MIGRATION=0
 BATCH_SIZE=""
 BY=""
 
-need_value() { [[ $# -ge 2 && -n $2 ]] || die "$1 needs a value (see --help)"; }
 while [[ $# -gt 0 ]]; do
     case $1 in
     --*=*)
@@ -137,9 +105,6 @@ while [[ $# -gt 0 ]]; do
     shift
 done
 
-in_range() { # in_range VALUE MIN MAX: a whole number from MIN to MAX
-    [[ $1 =~ ^[0-9]{1,9}$ ]] && ((10#$1 >= $2 && 10#$1 <= $3))
-}
 in_range "$STOP_TIMEOUT" 0 86400 || die "--stop-timeout takes seconds (0-86400), not '$STOP_TIMEOUT'"
 in_range "$LOCK_TIMEOUT" 1 86400 || die "--lock-timeout takes seconds (1-86400), not '$LOCK_TIMEOUT'"
 [[ -z $BATCH_SIZE ]] || in_range "$BATCH_SIZE" 1 1000000000 ||
@@ -147,90 +112,22 @@ in_range "$LOCK_TIMEOUT" 1 86400 || die "--lock-timeout takes seconds (1-86400),
 ((!YES)) || [[ -n $RESTORE ]] || die "--yes confirms --restore: give --restore FILE too"
 [[ -n $BY ]] || BY="${USER:-$(id -un 2>/dev/null || echo unknown)}@${HOSTNAME:-localhost} (rollback.sh)"
 
-abspath() { if [[ $1 == /* ]]; then printf '%s' "$1"; else printf '%s/%s' "$PWD" "${1#./}"; fi; }
 RUN_DIR=$(abspath "$RUN_DIR")
 [[ -z $RESTORE ]] || RESTORE=$(abspath "$RESTORE")
 
 read -ra RJ <<<"${ROAST_JOBS:-roast-jobs}"
 ((${#RJ[@]} > 0)) || die "ROAST_JOBS is empty"
-pgbin() { if [[ -n ${PG_BINDIR:-} ]]; then printf '%s/%s' "$PG_BINDIR" "$1"; else printf '%s' "$1"; fi; }
 PG_RESTORE=$(pgbin pg_restore)
 PSQL=$(pgbin psql)
 
 # -- database URL ------------------------------------------------------------------------
-
-strip_driver() { # the URL roast-jobs takes: without a driver suffix (postgresql+psycopg://)
-    if [[ $1 =~ ^([A-Za-z][A-Za-z0-9.-]*)\+[A-Za-z0-9_]+(://.*)$ ]]; then
-        printf '%s%s' "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}"
-    else
-        printf '%s' "$1"
-    fi
-}
-
-libpq_url() { # the URL libpq takes (psql): also without the broker's own query options
-    local url=$1 param kept=() params
-    [[ $url == *\?* ]] || {
-        printf '%s' "$url"
-        return
-    }
-    IFS='&' read -ra params <<<"${url#*\?}"
-    for param in "${params[@]}"; do
-        case ${param%%=*} in
-        schema | lease_seconds | renew_interval | max_deliveries | polling_interval | \
-            native_delay | maintenance_interval | pool_size | synchronous_commit | \
-            prepare_threshold | connect_timeout | listen_url | "") ;;
-        *) kept+=("$param") ;;
-        esac
-    done
-    url=${url%%\?*}
-    if ((${#kept[@]})); then url+="?$(
-        IFS='&'
-        printf '%s' "${kept[*]}"
-    )"; fi
-    printf '%s' "$url"
-}
 
 [[ -n ${DATABASE_URL:-} ]] || die "DATABASE_URL is not set (postgresql://user:pass@host:5432/db)"
 DATABASE_URL=$(strip_driver "$DATABASE_URL")
 export DATABASE_URL
 PG_URL=$(libpq_url "$DATABASE_URL")
 
-sql() { "$PSQL" -X -q -A -t -v ON_ERROR_STOP=1 -d "$PG_URL" -c "$1"; }
-major_of() { [[ $1 =~ \)\ ([0-9]+) ]] && printf '%s' "${BASH_REMATCH[1]}"; }
-
 # -- processes ---------------------------------------------------------------------------
-
-pid_in() { # the pid a pid file names, if it names one
-    local pid
-    [[ -f $1 ]] || return 1
-    pid=$(head -n 1 "$1" 2>/dev/null | tr -dc '0-9')
-    [[ -n $pid ]] && printf '%s' "$pid"
-}
-
-# A live celery process started with this pid file: /proc/PID/cmdline runs celery and
-# names the pid file. Anything else (a dead pid, a zombie, a reused pid) is not ours.
-is_our_celery() {
-    local pid=$1 pidfile=$2 arg celery=0 named=0 args=()
-    [[ -r /proc/$pid/cmdline ]] || return 1
-    mapfile -d '' -t args <"/proc/$pid/cmdline" 2>/dev/null || return 1
-    for arg in "${args[@]}"; do
-        case $arg in
-        celery | */celery | */celery/__main__.py) celery=1 ;;
-        esac
-        [[ $arg == *"$pidfile"* ]] && named=1
-    done
-    ((celery && named))
-}
-
-describe_pid() {
-    local cmd
-    if [[ -r /proc/$1/cmdline ]] && cmd=$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null) && [[ -n $cmd ]]; then
-        cmd=${cmd% }
-        printf 'a process that is not our celery: %s' "${cmd:0:100}"
-    else
-        printf 'not running'
-    fi
-}
 
 children_of() { # the pids whose parent is $1 (a worker's pool processes)
     local d stat rest ppid

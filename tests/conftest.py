@@ -7,6 +7,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -78,6 +79,18 @@ def app_db() -> Iterator[str]:
 
     with fresh_database() as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def service(app_db: str) -> Iterator[Any]:
+    """A JobService on ``app_db``; its manager started, which creates the broker schema
+    (as any Celery use would)."""
+    from roast_jobs.service.job_service import JobService
+
+    svc = JobService(app_db)
+    svc.manager  # noqa: B018
+    yield svc
+    svc.close()
 
 
 def broker_url(schema: str, **options: object) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -45,3 +46,16 @@ def fresh_database(upgrade: bool = True) -> Iterator[str]:
         dispose_engines()
         close_pools()
         drop_database(name)
+
+
+def rollout(service: Any, percent: int) -> None:
+    """Set the rollout (0 = all legacy) and make ``service`` see it at once."""
+    from roast_jobs.service import flags
+
+    flags.rollout(percent, "tests", service.url)
+    service.flags.invalidate()
+
+
+def fetch(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(sql, params).fetchall()

@@ -5,31 +5,21 @@ running processes without a restart; a batch split between them completes once."
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import psycopg
 import pytest
 
 from roast_jobs.db.session import transaction
 from roast_jobs.domain import sample_data
-from roast_jobs.service import flags
 from roast_jobs.service.job_service import JobService
-from tests.workers import REPO, CeleryWorker, wait_until
+from tests.domain_support import fetch, rollout
+from tests.workers import REPO, both_backends, wait_until
 
 EVALUATOR = "tests.apps.scripted_evaluator:ScriptedEvaluator"
-
-
-@pytest.fixture(scope="module")
-def service(app_db: str) -> Iterator[JobService]:
-    svc = JobService(app_db)
-    svc.manager  # noqa: B018 - the broker schema
-    yield svc
-    svc.close()
 
 
 @pytest.fixture(scope="module")
@@ -45,26 +35,8 @@ def env(app_db: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]
 
 @pytest.fixture(scope="module")
 def workers(env: dict[str, str], service: JobService) -> Iterator[None]:
-    celery = CeleryWorker(
-        "both", app="roast_jobs.tasks.worker", concurrency=2, args=["-Q", "evaluation"], env=env
-    )
-    legacy = subprocess.Popen(
-        [sys.executable, "-m", "roast_jobs.cli", "legacy-worker", "--max-workers", "3"],
-        cwd=REPO,
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        celery.start(timeout=120)
+    with both_backends(env, "both", celery_concurrency=2, legacy_max_workers=3):
         yield
-    finally:
-        legacy.send_signal(signal.SIGTERM)
-        try:
-            legacy.wait(30)
-        except subprocess.TimeoutExpired:
-            legacy.kill()
-        celery.stop()
 
 
 @pytest.fixture(scope="module")
@@ -73,16 +45,6 @@ def people(app_db: str) -> dict[str, str]:
         user = sample_data.create_user(s)
         agent = sample_data.create_agent(s, user)
     return {"user": user, "agent": agent}
-
-
-def rollout(service: JobService, percent: int) -> None:
-    flags.rollout(percent, "tests", service.url)
-    service.flags.invalidate()
-
-
-def fetch(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    with psycopg.connect(url) as conn:
-        return conn.execute(sql, params).fetchall()
 
 
 def status(url: str, job_id: str) -> str:

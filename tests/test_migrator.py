@@ -11,6 +11,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -22,22 +23,14 @@ from roast_jobs.domain import job_records, runner, sample_data
 from roast_jobs.domain.offline_evaluator import OfflineEvaluator
 from roast_jobs.domain.runner import time_limit_for
 from roast_jobs.migrator import Direction, migrate
-from roast_jobs.service import flags
 from roast_jobs.service.job_service import _BATCH_NS, HARD_LIMIT_GRACE, JobService
 from roast_jobs.service.reconcile import reconcile
 from tests.conftest import BROKER_SCHEMA
+from tests.domain_support import fetch, rollout
 from tests.workers import REPO
 
 FORWARD, REVERSE = Direction.LEGACY_TO_CELERY, Direction.CELERY_TO_LEGACY
 MESSAGES = f'"{BROKER_SCHEMA}".message'
-
-
-@pytest.fixture(scope="module")
-def service(app_db: str) -> Iterator[JobService]:
-    svc = JobService(app_db)
-    svc.manager  # noqa: B018 - the broker schema
-    yield svc
-    svc.close()
 
 
 @pytest.fixture(scope="module")
@@ -57,17 +50,28 @@ def _empty(app_db: str, service: JobService) -> None:
         conn.execute('DELETE FROM "JobMigrationStatus"')
         conn.execute('DELETE FROM "Job"')
         conn.execute(f"DELETE FROM {MESSAGES}")
-    set_rollout(service, 0)
+    rollout(service, 0)
 
 
-def set_rollout(service: JobService, percent: int) -> None:
-    flags.rollout(percent, "tests", service.url)
-    service.flags.invalidate()
+@contextmanager
+def row_locked(url: str, sql: str, *params: Any) -> Iterator[None]:
+    """``sql`` (a SELECT ... FOR UPDATE) holds its rows in another transaction meanwhile."""
+    locked, release = threading.Event(), threading.Event()
 
+    def hold() -> None:
+        with psycopg.connect(url) as conn:
+            conn.execute(sql, params)
+            locked.set()
+            release.wait(30)
 
-def rows(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    with psycopg.connect(url) as conn:
-        return conn.execute(sql, params).fetchall()
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert locked.wait(10)
+        yield
+    finally:
+        release.set()
+        thread.join()
 
 
 def legacy_jobs(service: JobService, people: dict[str, Any], documents: int) -> list[str]:
@@ -82,9 +86,9 @@ def legacy_jobs(service: JobService, people: dict[str, Any], documents: int) -> 
 
 def snapshot(url: str) -> dict[str, Any]:
     return {
-        "jobs": rows(url, 'SELECT * FROM "Job" ORDER BY id'),
-        "records": rows(url, 'SELECT * FROM "JobMigrationStatus" ORDER BY id'),
-        "messages": rows(url, f"SELECT * FROM {MESSAGES} ORDER BY id"),
+        "jobs": fetch(url, 'SELECT * FROM "Job" ORDER BY id'),
+        "records": fetch(url, 'SELECT * FROM "JobMigrationStatus" ORDER BY id'),
+        "messages": fetch(url, f"SELECT * FROM {MESSAGES} ORDER BY id"),
     }
 
 
@@ -100,7 +104,7 @@ def test_forward_moves_every_waiting_job_with_one_record_and_its_place_in_line(
         conn.execute(
             'UPDATE "Job" SET attempts = 2, "originalJobId" = %s WHERE id = %s', (running, ids[1])
         )
-    set_rollout(service, 100)
+    rollout(service, 100)
     with transaction(service.url) as s:
         [doc] = sample_data.create_documents(s, people["user"], 1)
     [newer] = service.create_evaluation_jobs(doc, people["agents"][:1])
@@ -112,7 +116,7 @@ def test_forward_moves_every_waiting_job_with_one_record_and_its_place_in_line(
     assert (summary.waiting_before, summary.waiting_after) == (11, 0)
     jobs = {
         r[0]: r[1:]
-        for r in rows(
+        for r in fetch(
             service.url,
             'SELECT id, backend, status, "brokerJobId", attempts, "originalJobId", "createdAt" '
             'FROM "Job"',
@@ -120,7 +124,7 @@ def test_forward_moves_every_waiting_job_with_one_record_and_its_place_in_line(
     }
     assert jobs[running][:2] == ("legacy", "RUNNING")
     assert jobs[ids[1]][3:5] == (2, running)  # attempts and retry chain kept
-    records = rows(
+    records = fetch(
         service.url,
         'SELECT "jobId", "fromBackend", "toBackend", status, "brokerJobId", "runId" '
         'FROM "JobMigrationStatus"',
@@ -133,7 +137,7 @@ def test_forward_moves_every_waiting_job_with_one_record_and_its_place_in_line(
         assert broker != str(uuid.uuid5(_BATCH_NS, f"{job_id}:celery"))  # a fresh task id
     # One message per moved job, in the job's own place in line: jobs created before the
     # newer Celery job are served before it, oldest first.
-    messages = rows(
+    messages = fetch(
         service.url,
         f"SELECT task_id, visible_at, payload::jsonb #> '{{headers,timelimit}}', "
         f"payload::jsonb #>> '{{headers,kwargsrepr}}' FROM {MESSAGES} ORDER BY visible_at, id",
@@ -193,7 +197,7 @@ def test_jobs_that_cannot_run_are_failed_with_the_reason_not_sent(
     }
     found = dict(
         (r[0], r[1:])
-        for r in rows(service.url, 'SELECT id, status, backend, error, "brokerJobId" FROM "Job"')
+        for r in fetch(service.url, 'SELECT id, status, backend, error, "brokerJobId" FROM "Job"')
     )
     assert found[good][:2] == ("PENDING", "celery")
     assert found[no_doc_version][:3] == (
@@ -204,13 +208,13 @@ def test_jobs_that_cannot_run_are_failed_with_the_reason_not_sent(
     assert found["not an id!"][:2] == ("FAILED", "legacy")
     records = dict(
         (r[0], r[1:])
-        for r in rows(service.url, 'SELECT "jobId", status, error FROM "JobMigrationStatus"')
+        for r in fetch(service.url, 'SELECT "jobId", status, error FROM "JobMigrationStatus"')
     )
     assert records[no_doc_version] == ("failed", f"document {doc} has no version")
     assert records[good] == ("moved", None)
-    assert rows(service.url, f"SELECT task_id FROM {MESSAGES}") == [(found[good][3],)]
+    assert fetch(service.url, f"SELECT task_id FROM {MESSAGES}") == [(found[good][3],)]
     # The failed job was its batch's last: the batch is complete.
-    assert rows(
+    assert fetch(
         service.url,
         'SELECT "completedAt" IS NOT NULL FROM "AgentEvalBatch" WHERE id = %s',
         batch_id,
@@ -222,35 +226,21 @@ def test_a_row_held_by_another_transaction_is_skipped_then_moved_by_the_next_run
 ) -> None:
     ids = legacy_jobs(service, people, 2)
     held = sorted(ids)[0]
-    locked = threading.Event()
-    release = threading.Event()
-
-    def hold() -> None:  # a legacy worker's claim in flight
-        with psycopg.connect(service.url) as conn:
-            conn.execute('SELECT 1 FROM "Job" WHERE id = %s FOR UPDATE', (held,))
-            locked.set()
-            release.wait(30)
-
-    thread = threading.Thread(target=hold)
-    thread.start()
-    try:
-        assert locked.wait(10)
+    # A legacy worker's claim in flight:
+    with row_locked(service.url, 'SELECT 1 FROM "Job" WHERE id = %s FOR UPDATE', held):
         first = migrate(FORWARD, service.url, service=service)
-    finally:
-        release.set()
-        thread.join()
     assert (first.moved, first.waiting_after) == (3, 1)
-    assert rows(service.url, 'SELECT backend FROM "Job" WHERE id = %s', held) == [("legacy",)]
+    assert fetch(service.url, 'SELECT backend FROM "Job" WHERE id = %s', held) == [("legacy",)]
     second = migrate(FORWARD, service.url, service=service)
     assert second.moved == 1
-    counts = rows(service.url, 'SELECT "jobId", count(*) FROM "JobMigrationStatus" GROUP BY 1')
+    counts = fetch(service.url, 'SELECT "jobId", count(*) FROM "JobMigrationStatus" GROUP BY 1')
     assert sorted(counts) == sorted((i, 1) for i in ids)
 
 
 def test_reverse_deletes_waiting_and_delayed_messages_and_leaves_leased_ones(
     service: JobService, people: dict[str, Any]
 ) -> None:
-    set_rollout(service, 100)
+    rollout(service, 100)
     with transaction(service.url) as s:
         docs = sample_data.create_documents(s, people["user"], 2)
     jobs = [j for d in docs for j in service.create_evaluation_jobs(d, people["agents"])]
@@ -273,13 +263,13 @@ def test_reverse_deletes_waiting_and_delayed_messages_and_leaves_leased_ones(
     assert summary.skipped == {"held by a Celery worker": 1}
     assert summary.left_running == 1
     found = dict(
-        (r[0], r[1:]) for r in rows(service.url, 'SELECT id, backend, "brokerJobId" FROM "Job"')
+        (r[0], r[1:]) for r in fetch(service.url, 'SELECT id, backend, "brokerJobId" FROM "Job"')
     )
     for job in (waiting, delayed, lost):
         assert found[job.id] == ("legacy", None)
     assert found[leased.id] == ("celery", leased.broker_job_id)
-    assert rows(service.url, f"SELECT task_id FROM {MESSAGES}") == [(leased.broker_job_id,)]
-    records = rows(
+    assert fetch(service.url, f"SELECT task_id FROM {MESSAGES}") == [(leased.broker_job_id,)]
+    records = fetch(
         service.url,
         'SELECT "jobId", "fromBackend", "toBackend", "brokerJobId" FROM "JobMigrationStatus"',
     )
@@ -290,7 +280,7 @@ def test_reverse_deletes_waiting_and_delayed_messages_and_leaves_leased_ones(
     # Forward again: each job gets a new task id, never its old one.
     again = migrate(FORWARD, service.url, service=service)
     assert again.moved == 3
-    new_ids = dict(rows(service.url, 'SELECT id, "brokerJobId" FROM "Job"'))
+    new_ids = dict(fetch(service.url, 'SELECT id, "brokerJobId" FROM "Job"'))
     for job in (waiting, delayed, lost):
         assert new_ids[job.id] not in (None, job.broker_job_id)
 
@@ -298,7 +288,7 @@ def test_reverse_deletes_waiting_and_delayed_messages_and_leaves_leased_ones(
 def test_a_message_whose_job_moved_changes_nothing(
     service: JobService, people: dict[str, Any]
 ) -> None:
-    set_rollout(service, 100)
+    rollout(service, 100)
     with transaction(service.url) as s:
         [doc] = sample_data.create_documents(s, people["user"], 1)
     [job] = service.create_evaluation_jobs(doc, people["agents"][:1])
@@ -309,7 +299,7 @@ def test_a_message_whose_job_moved_changes_nothing(
             s, job.id, "boom", allow_pending=True, owner=job.broker_job_id
         )
         assert job_records.fail(s, job.id, "boom", owner=job.broker_job_id) is None
-    assert rows(
+    assert fetch(
         service.url, 'SELECT status, backend, attempts FROM "Job" WHERE id = %s', job.id
     ) == [("PENDING", "legacy", 0)]
     with transaction(service.url) as s:  # without an owner (the legacy path) it runs
@@ -390,7 +380,7 @@ def test_a_run_whose_job_moved_on_while_it_evaluated_does_not_finish_it(
 ) -> None:
     """A lapsed lease let another delivery retry the job and the migrator move it to
     legacy while this run was evaluating: the run must not complete a job it lost."""
-    set_rollout(service, 100)
+    rollout(service, 100)
     with transaction(service.url) as s:
         [doc] = sample_data.create_documents(s, people["user"], 1)
     [job] = service.create_evaluation_jobs(doc, people["agents"][:1])
@@ -414,10 +404,10 @@ def test_a_run_whose_job_moved_on_while_it_evaluated_does_not_finish_it(
         owner=job.broker_job_id,
     )
     assert result.evaluation_version_id is None
-    assert rows(service.url, 'SELECT status, backend FROM "Job" WHERE id = %s', job.id) == [
+    assert fetch(service.url, 'SELECT status, backend FROM "Job" WHERE id = %s', job.id) == [
         ("RUNNING", "legacy")
     ]
-    assert rows(
+    assert fetch(
         service.url,
         'SELECT count(*) FROM "EvaluationVersion" WHERE "evaluationId" = %s',
         job.evaluation_id,
@@ -427,7 +417,7 @@ def test_a_run_whose_job_moved_on_while_it_evaluated_does_not_finish_it(
 def test_reconcile_still_fails_a_stale_celery_row_without_a_task_id(
     service: JobService, people: dict[str, Any]
 ) -> None:
-    set_rollout(service, 100)
+    rollout(service, 100)
     with transaction(service.url) as s:
         [doc] = sample_data.create_documents(s, people["user"], 1)
     [job] = service.create_evaluation_jobs(doc, people["agents"][:1])
@@ -439,37 +429,40 @@ def test_reconcile_still_fails_a_stale_celery_row_without_a_task_id(
             (job.id,),
         )
     assert [r.job_id for r in reconcile(service)] == [job.id]
-    assert rows(service.url, 'SELECT status FROM "Job" WHERE id = %s', job.id) == [("FAILED",)]
+    assert fetch(service.url, 'SELECT status FROM "Job" WHERE id = %s', job.id) == [("FAILED",)]
 
 
 def test_reverse_tells_a_busy_message_from_a_held_one_and_limit_counts_what_it_saw(
     service: JobService, people: dict[str, Any]
 ) -> None:
-    set_rollout(service, 100)
+    rollout(service, 100)
     with transaction(service.url) as s:
         docs = sample_data.create_documents(s, people["user"], 2)
     jobs = [j for d in docs for j in service.create_evaluation_jobs(d, people["agents"])]
-    first = rows(service.url, 'SELECT id FROM "Job" ORDER BY "createdAt", id LIMIT 1')[0][0]
+    first = fetch(service.url, 'SELECT id FROM "Job" ORDER BY "createdAt", id LIMIT 1')[0][0]
     [busy] = [j for j in jobs if j.id == first]
-    locked, release = threading.Event(), threading.Event()
-
-    def ack_in_flight() -> None:
-        with psycopg.connect(service.url) as conn:
-            conn.execute(
-                f"SELECT 1 FROM {MESSAGES} WHERE task_id = %s FOR UPDATE", (busy.broker_job_id,)
-            )
-            locked.set()
-            release.wait(30)
-
-    thread = threading.Thread(target=ack_in_flight)
-    thread.start()
-    try:
-        assert locked.wait(10)
+    # An ack in flight:
+    lock = f"SELECT 1 FROM {MESSAGES} WHERE task_id = %s FOR UPDATE"
+    with row_locked(service.url, lock, busy.broker_job_id):
         limited = migrate(REVERSE, service.url, limit=2, batch_size=1, service=service)
-    finally:
-        release.set()
-        thread.join()
     assert limited.skipped == {"message busy (claim or ack in flight)": 1}
     assert limited.moved == 1  # two looked at: the busy one and one more
     rest = migrate(REVERSE, service.url, service=service)
     assert (rest.moved, rest.skipped, rest.left_running) == (3, {}, 0)
+
+
+def test_parallel_batches_move_each_job_once_and_respect_the_limit(
+    service: JobService, people: dict[str, Any]
+) -> None:
+    ids = legacy_jobs(service, people, 10)  # 20 jobs
+    first = migrate(FORWARD, service.url, batch_size=2, limit=7, parallel=3, service=service)
+    assert (first.moved, first.waiting_after) == (7, 13)
+    rest = migrate(FORWARD, service.url, batch_size=2, parallel=3, service=service)
+    assert (rest.moved, rest.waiting_after) == (13, 0)
+    counts = fetch(service.url, 'SELECT "jobId", count(*) FROM "JobMigrationStatus" GROUP BY 1')
+    assert sorted(counts) == sorted((i, 1) for i in ids)
+    assert fetch(service.url, f"SELECT count(DISTINCT task_id), count(*) FROM {MESSAGES}") == [
+        (20, 20)
+    ]
+    with pytest.raises(ValueError, match="legacy-to-celery only"):
+        migrate(REVERSE, service.url, parallel=2, service=service)

@@ -14,15 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
 from roast_jobs.db.session import transaction
 from roast_jobs.domain import sample_data
-from roast_jobs.service import flags
 from roast_jobs.service.job_service import JobService
 from tests.apps.evaluators import read_calls
-from tests.workers import REPO, CeleryWorker, wait_until
+from tests.domain_support import fetch, rollout
+from tests.workers import REPO, both_backends, wait_until
 
 AGENTS = 50
 
@@ -45,14 +44,6 @@ def env(app_db: str, state: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def service(app_db: str) -> Iterator[JobService]:
-    svc = JobService(app_db)
-    svc.manager  # noqa: B018 - the broker schema
-    yield svc
-    svc.close()
-
-
-@pytest.fixture(scope="module")
 def people(app_db: str) -> dict[str, Any]:
     with transaction(app_db) as s:
         user = sample_data.create_user(s)
@@ -62,36 +53,8 @@ def people(app_db: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def workers(env: dict[str, str], service: JobService) -> Iterator[None]:
-    celery = CeleryWorker(
-        "migrate", app="roast_jobs.tasks.worker", concurrency=3, args=["-Q", "evaluation"], env=env
-    )
-    legacy = subprocess.Popen(
-        [sys.executable, "-m", "roast_jobs.cli", "legacy-worker", "--max-workers", "4"],
-        cwd=REPO,
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        celery.start(timeout=120)
+    with both_backends(env, "migrate", celery_concurrency=3, legacy_max_workers=4):
         yield
-    finally:
-        legacy.send_signal(signal.SIGTERM)
-        try:
-            legacy.wait(30)
-        except subprocess.TimeoutExpired:
-            legacy.kill()
-        celery.stop()
-
-
-def rollout(service: JobService, percent: int) -> None:
-    flags.rollout(percent, "tests", service.url)
-    service.flags.invalidate()
-
-
-def fetch(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    with psycopg.connect(url) as conn:
-        return conn.execute(sql, params).fetchall()
 
 
 def create_jobs(service: JobService, people: dict[str, Any], documents: int) -> list[str]:
@@ -103,7 +66,7 @@ def create_jobs(service: JobService, people: dict[str, Any], documents: int) -> 
     return ids
 
 
-def migrator(env: dict[str, str], direction: str) -> subprocess.Popen[str]:
+def migrator(env: dict[str, str], direction: str, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
             sys.executable,
@@ -115,6 +78,7 @@ def migrator(env: dict[str, str], direction: str) -> subprocess.Popen[str]:
             "50",
             "--pause",
             "0.05",
+            *extra,
         ],
         cwd=REPO,
         env={**os.environ, **env},
@@ -204,7 +168,9 @@ def test_forward_under_load_with_kills_runs_every_job_once(
     kill_after(first, service.url, forward, jobs, 800)
     second = migrator(env, "legacy-to-celery")
     kill_after(second, service.url, forward, jobs, 2000)
-    third, fourth = migrator(env, "legacy-to-celery"), migrator(env, "legacy-to-celery")
+    # The rest by two migrators side by side, one with two batches in flight.
+    third = migrator(env, "legacy-to-celery", "--parallel", "2")
+    fourth = migrator(env, "legacy-to-celery")
     finish(third, fourth)
 
     assert wait_until(lambda: all_done(service.url, jobs), 300, every=1.0)

@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -153,15 +152,6 @@ def people(app_db: str) -> dict[str, str]:
 @pytest.fixture
 def evaluation(people: dict[str, str]) -> str:
     return people["evaluation"]
-
-
-@pytest.fixture(scope="module")
-def service(app_db: str) -> Iterator[JobService]:
-    """A JobService; asking for it creates the broker schema (as any Celery use would)."""
-    svc = JobService(app_db)
-    svc.manager  # noqa: B018 - the broker schema
-    yield svc
-    svc.close()
 
 
 @pytest.fixture(autouse=True)

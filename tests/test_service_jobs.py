@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -17,21 +16,13 @@ from roast_jobs.config import get_settings
 from roast_jobs.db.session import transaction
 from roast_jobs.domain import job_records, sample_data
 from roast_jobs.domain.evaluations import NotFound
-from roast_jobs.service import flags
 from roast_jobs.service.job_service import (
     InvalidRequest,
     JobService,
     SystemPaused,
 )
 from roast_jobs.service.reconcile import reconcile
-
-
-@pytest.fixture(scope="module")
-def service(app_db: str) -> Iterator[JobService]:
-    svc = JobService(app_db)
-    svc.manager  # noqa: B018 - creates the broker schema, which the tests read
-    yield svc
-    svc.close()
+from tests.domain_support import rollout
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +32,6 @@ def seeded(app_db: str) -> dict[str, Any]:
         agent = sample_data.create_agent(s, user)
         docs = sample_data.create_documents(s, user, 1000)
     return {"user": user, "agent": agent, "docs": docs}
-
-
-def set_rollout(svc: JobService, percent: int) -> None:
-    flags.rollout(percent, "tests", svc.url)
-    svc.flags.invalidate()
 
 
 def new_docs(url: str, user: str, n: int) -> list[str]:
@@ -79,7 +65,7 @@ def test_rollout_splits_by_percent_and_keeps_each_evaluation_on_its_side(
     monkeypatch.setattr(get_settings(), "batch_inline_max", 1000)
     on_celery: dict[int, set[str]] = {}
     for percent in (0, 10, 50, 100):
-        set_rollout(service, percent)
+        rollout(service, percent)
         batch = service.create_batch_jobs(seeded["agent"], document_ids=seeded["docs"])
         assert batch.fan_out == "inline" and len(batch.jobs) == 1000
         celery = {j.evaluation_id for j in batch.jobs if j.backend == "celery"}
@@ -112,7 +98,7 @@ def test_an_open_pause_refuses_every_create_and_writes_nothing(
         )
     try:
         for percent in (0, 100):
-            set_rollout(service, percent)
+            rollout(service, percent)
             before = counts(service.url)
             attempts = [
                 lambda: service.create_evaluation_job(docs[1], seeded["agent"]),
@@ -134,7 +120,7 @@ def test_an_open_pause_refuses_every_create_and_writes_nothing(
 def test_the_job_row_and_its_message_commit_together(
     service: JobService, seeded: dict[str, Any]
 ) -> None:
-    set_rollout(service, 100)
+    rollout(service, 100)
     [doc] = new_docs(service.url, seeded["user"], 1)
     schema = get_settings().broker_schema
     with transaction(service.url) as session:
@@ -160,7 +146,7 @@ def test_the_job_row_and_its_message_commit_together(
 def test_a_batch_killed_half_way_leaves_no_rows_and_no_messages(
     service: JobService, seeded: dict[str, Any]
 ) -> None:
-    set_rollout(service, 50)
+    rollout(service, 50)
     docs = new_docs(service.url, seeded["user"], 100)
     schema = get_settings().broker_schema
     before = counts(service.url)
@@ -237,7 +223,7 @@ def test_batch_requests_are_checked_before_anything_is_written(
 def test_target_count_samples_evaluated_documents_and_repeats_them(
     service: JobService, seeded: dict[str, Any]
 ) -> None:
-    set_rollout(service, 0)
+    rollout(service, 0)
     with transaction(service.url) as s:
         agent = sample_data.create_agent(s, seeded["user"], name="Sampler")
         docs = sample_data.create_documents(s, seeded["user"], 3)
@@ -265,13 +251,13 @@ def test_fan_out_creates_each_job_once_however_often_it_runs(
     monkeypatch.setattr(get_settings(), "batch_chunk_size", 7)
     docs = new_docs(service.url, seeded["user"], 60)
     # Celery off: fanned out here, chunk by chunk; a second run adds nothing.
-    set_rollout(service, 0)
+    rollout(service, 0)
     batch = service.create_batch_jobs(seeded["agent"], document_ids=docs)
     assert batch.fan_out == "chunks"
     assert service.fan_out(batch.id) == 0
     assert service.batch_progress(batch.id).created == 60
     # Celery on: a batch task is sent (no worker here); fan-outs racing share the work.
-    set_rollout(service, 100)
+    rollout(service, 100)
     for _round in range(4):
         batch = service.create_batch_jobs(seeded["agent"], document_ids=docs)
         assert batch.fan_out == "task" and batch.task_id
@@ -314,7 +300,7 @@ def test_fan_out_creates_each_job_once_however_often_it_runs(
 def test_the_last_of_many_jobs_ending_together_completes_the_batch_once(
     service: JobService, seeded: dict[str, Any]
 ) -> None:
-    set_rollout(service, 0)
+    rollout(service, 0)
     for _round in range(5):
         docs = new_docs(service.url, seeded["user"], 12)
         batch = service.create_batch_jobs(seeded["agent"], document_ids=docs)
@@ -345,7 +331,7 @@ def test_cancel_and_retry_on_both_backends(service: JobService, seeded: dict[str
     docs = new_docs(service.url, seeded["user"], 2)
     schema = get_settings().broker_schema
     for percent, doc in ((0, docs[0]), (100, docs[1])):
-        set_rollout(service, percent)
+        rollout(service, percent)
         job = service.create_evaluation_job(doc, seeded["agent"])
         status = service.cancel_job(job.id, reason="not needed")
         assert status["status"] == "CANCELLED"
@@ -381,7 +367,7 @@ def test_cancel_and_retry_on_both_backends(service: JobService, seeded: dict[str
 def test_reconciliation_fails_celery_rows_whose_message_is_gone(
     service: JobService, seeded: dict[str, Any]
 ) -> None:
-    set_rollout(service, 100)
+    rollout(service, 100)
     docs = new_docs(service.url, seeded["user"], 3)
     lost, kept, running = (service.create_evaluation_job(d, seeded["agent"]) for d in docs)
     schema = get_settings().broker_schema
@@ -414,7 +400,7 @@ def test_a_paused_fan_out_creates_nothing_and_maintenance_resumes_a_stopped_one(
     from roast_jobs.service.reconcile import resume_fan_outs
 
     monkeypatch.setattr(get_settings(), "batch_inline_max", 10)
-    set_rollout(service, 100)
+    rollout(service, 100)
     docs = new_docs(service.url, seeded["user"], 30)
     batch = service.create_batch_jobs(seeded["agent"], document_ids=docs)
     assert batch.fan_out == "task"  # no worker here: nothing fans it out

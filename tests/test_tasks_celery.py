@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -299,10 +300,19 @@ def test_an_invalid_payload_fails_the_job_at_once(
     finally:
         flags.rollout(100, "tests", service.url)
         service.flags.invalidate()
+    # The job is this message's (a Celery job with its task id): a message that does not
+    # own its job changes nothing (test_migrator).
+    task_id = str(uuid.uuid4())
+    with psycopg.connect(service.url, autocommit=True) as conn:
+        conn.execute(
+            'UPDATE "Job" SET backend = \'celery\', "brokerJobId" = %s WHERE id = %s',
+            (task_id, job.id),
+        )
     sent = service.app.send_task(
         EVALUATION_TASK,
         kwargs={"job_id": job.id, "evaluation_id": "not an id!", "extra": 1},
         queue="evaluation",
+        task_id=task_id,
     )
     row = wait_status(service.url, job.id, "FAILED")
     assert row["error"].startswith("invalid EvaluationPayload payload: evaluation_id:")

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -128,3 +128,36 @@ class CeleryWorker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def both_backends(
+    env: dict[str, str], name: str, celery_concurrency: int, legacy_max_workers: int
+) -> Iterator[CeleryWorker]:
+    """A Celery worker on the ``evaluation`` queue and a legacy worker, side by side on
+    ``env``'s database, as during a rollout; both stopped at the end."""
+    celery = CeleryWorker(
+        name,
+        app="roast_jobs.tasks.worker",
+        concurrency=celery_concurrency,
+        args=["-Q", "evaluation"],
+        env=env,
+    )
+    command = ["roast_jobs.cli", "legacy-worker", "--max-workers"]
+    legacy = subprocess.Popen(
+        [sys.executable, "-m", *command, str(legacy_max_workers)],
+        cwd=REPO,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        celery.start(timeout=120)
+        yield celery
+    finally:
+        legacy.send_signal(signal.SIGTERM)
+        try:
+            legacy.wait(30)
+        except subprocess.TimeoutExpired:
+            legacy.kill()
+        celery.stop()

@@ -7,9 +7,11 @@ run takes what is left. Runs side by side never take the same job (SKIP LOCKED).
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -84,12 +86,16 @@ def migrate(
     pause: float = 0.0,
     progress: Progress | None = None,
     service: JobService | None = None,
+    parallel: int = 1,
 ) -> Summary:
     """Move the waiting jobs of ``direction``'s source backend to the other one.
 
     ``limit``: at most this many jobs looked at; ``pause``: seconds between batches (to
     go gently on a busy database). ``dry_run`` reads, locks nothing and writes nothing.
+    ``parallel``: forward batches in flight at once, each on its own connection.
     """
+    if parallel < 1 or (parallel > 1 and direction is not Direction.LEGACY_TO_CELERY):
+        raise ValueError("parallel batches (at least 1) are for legacy-to-celery only")
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, not {batch_size}")
     if limit is not None and limit < 0:
@@ -104,7 +110,7 @@ def migrate(
         if dry_run:
             _preview(direction, service, url, summary, cap, batch_size)
         elif direction is Direction.LEGACY_TO_CELERY:
-            _forward(service, url, summary, limit, batch_size, pause, progress)
+            _forward(service, url, summary, limit, batch_size, pause, progress, parallel)
         else:
             _reverse(service, url, summary, limit, batch_size, pause, progress)
         summary.waiting_after = waiting(url, direction.source)
@@ -157,21 +163,46 @@ def _forward(
     batch_size: int,
     pause: float,
     progress: Progress | None,
+    parallel: int = 1,
 ) -> None:
+    """Batches until none is left; ``parallel`` loops at once, each batch its own
+    transaction (SKIP LOCKED keeps their rows apart, as between two migrators)."""
     run_id = summary.run_id or ""
-    seen = 0
-    while (size := _budget(limit, seen, batch_size)) > 0:
-        with transaction(url) as session:
-            result = forward_batch(service, session, size, run_id)
-        if result.picked == 0:
-            return
-        seen += result.picked
-        summary.batches += 1
-        summary.add(result)
-        if progress:
-            progress(summary, seen)
-        if pause:
-            time.sleep(pause)
+    lock, failed = threading.Lock(), threading.Event()
+    seen = 0  # jobs looked at, or reserved by a batch in flight (never past --limit)
+
+    def loop() -> None:
+        nonlocal seen
+        while not failed.is_set():
+            with lock:
+                size = _budget(limit, seen, batch_size)
+                seen += max(size, 0)
+            if size <= 0:
+                return
+            try:
+                with transaction(url) as session:
+                    result = forward_batch(service, session, size, run_id)
+            except BaseException:
+                failed.set()  # the other loops stop after their batch
+                raise
+            with lock:
+                seen -= size - result.picked
+                if result.picked == 0:
+                    return
+                summary.batches += 1
+                summary.add(result)
+                if progress:
+                    progress(summary, seen)
+            if pause:
+                time.sleep(pause)
+
+    if parallel <= 1:
+        loop()
+        return
+    service.manager  # noqa: B018 - started once, before the loops share it
+    with ThreadPoolExecutor(parallel, thread_name_prefix="migrate") as pool:
+        for future in [pool.submit(loop) for _ in range(parallel)]:
+            future.result()
 
 
 def _reverse(
