@@ -48,7 +48,6 @@ import cProfile
 import io
 import json
 import os
-import platform
 import pstats
 import shlex
 import shutil
@@ -70,11 +69,11 @@ from bench_domain_support import (
     WorkerProcess,
     clock_offset,
     log,
+    machine_info,
     markdown,
     percentile,
     raise_interrupt,
     running,
-    server_info,
     throwaway_database,
 )
 
@@ -708,29 +707,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def machine_info(args: argparse.Namespace) -> list[str]:
-    import celery
-    import kombu
-    import psycopg
-    import sqlalchemy
-
-    from roast_jobs.broker.connections import mask_url
-
-    lines = [
-        f"machine: {platform.system()} {platform.machine()}, {os.cpu_count()} cores, "
-        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at start",
-        f"python {platform.python_version()}, celery {celery.__version__}, "
-        f"kombu {kombu.__version__}, psycopg {psycopg.__version__}, "
-        f"sqlalchemy {sqlalchemy.__version__}",
-        f"server: {mask_url(args.database_url)}",
-    ]
-    try:
-        lines.append(server_info(args.database_url))
-    except Exception as exc:
-        lines.append(f"PostgreSQL: unavailable ({exc!r})")
-    return lines
-
-
 def check_evaluator() -> None:
     """The workers' evaluator must work: one evaluation here, before anything starts."""
     from roast_jobs.domain.evaluator import AgentInput, DocumentInput, load_evaluator
@@ -838,7 +814,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in overridden:  # see UNSET_ENV: defaults only, here and in the workers
         del os.environ[key]
     command = shlex.join([os.path.relpath(sys.executable), *sys.argv])
-    header = [f"command: {command}", *machine_info(args)]
+    header = [f"command: {command}", *machine_info(args.database_url)]
     if overridden:
         header.append(f"ignored from the environment: {', '.join(overridden)}")
     for line in header:

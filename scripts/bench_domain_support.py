@@ -158,6 +158,32 @@ def server_info(url: str) -> str:
 # -- worker subprocesses -------------------------------------------------------------------
 
 
+def machine_info(database_url: str) -> list[str]:
+    """Lines that say where a benchmark ran: machine, versions, the server."""
+    import platform
+
+    import celery
+    import kombu
+    import psycopg
+    import sqlalchemy
+
+    from roast_jobs.broker.connections import mask_url
+
+    lines = [
+        f"machine: {platform.system()} {platform.machine()}, {os.cpu_count()} cores, "
+        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at start",
+        f"python {platform.python_version()}, celery {celery.__version__}, "
+        f"kombu {kombu.__version__}, psycopg {psycopg.__version__}, "
+        f"sqlalchemy {sqlalchemy.__version__}",
+        f"server: {mask_url(database_url)}",
+    ]
+    try:
+        lines.append(server_info(database_url))
+    except Exception as exc:
+        lines.append(f"PostgreSQL: unavailable ({exc!r})")
+    return lines
+
+
 def worker_env(url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in UNSET_ENV}
     env["DATABASE_URL"] = url

@@ -46,7 +46,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import resource
 import shlex
 import signal
@@ -63,9 +62,9 @@ from bench_domain_support import (
     DEFAULT_URL,
     UNSET_ENV,
     log,
+    machine_info,
     markdown,
     raise_interrupt,
-    server_info,
     throwaway_database,
 )
 
@@ -676,22 +675,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def machine_info(args: argparse.Namespace) -> list[str]:
-    import celery
+def machine_lines(args: argparse.Namespace) -> list[str]:
     import psycopg
-    import sqlalchemy
 
-    from roast_jobs.broker.connections import mask_url
-
-    lines = [
-        f"machine: {platform.system()} {platform.machine()}, {os.cpu_count()} cores, "
-        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at start",
-        f"python {platform.python_version()}, celery {celery.__version__}, "
-        f"psycopg {psycopg.__version__}, sqlalchemy {sqlalchemy.__version__}",
-        f"server: {mask_url(args.database_url)}",
-    ]
+    lines = machine_info(args.database_url)
     try:
-        lines.append(server_info(args.database_url))
         with psycopg.connect(args.database_url, autocommit=True) as conn:
             row = conn.execute("SELECT current_setting('autovacuum')").fetchone()
         lines.append(
@@ -768,7 +756,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in overridden:  # defaults only (e.g. no evaluation time limit override)
         del os.environ[key]
     command = shlex.join([os.path.relpath(sys.executable), *sys.argv])
-    header = [f"command: {command}", *machine_info(args)]
+    header = [f"command: {command}", *machine_lines(args)]
     if overridden:
         header.append(f"ignored from the environment: {', '.join(overridden)}")
     for line in header:
