@@ -29,6 +29,7 @@ from roast_jobs.cli_domain_jobs import (
 )
 from roast_jobs.cli_flags import flags
 from roast_jobs.cli_mcp import mcp_command
+from roast_jobs.cli_metrics import metrics_command
 from roast_jobs.cli_migrate import migrate
 from roast_jobs.cli_rollout import rollout
 from roast_jobs.cli_service import database_url
@@ -142,5 +143,6 @@ def beat(app_name: str, schedule: str | None, loglevel: str, celery_args: tuple[
 
 
 def register(cli: click.Group) -> None:
-    for command in (worker, beat, flags, batch, import_article, migrate, rollout, mcp_command):
+    commands = (worker, beat, flags, batch, import_article, migrate, rollout)
+    for command in (*commands, mcp_command, metrics_command):
         cli.add_command(command)

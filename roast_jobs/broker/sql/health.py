@@ -18,6 +18,7 @@ from .core import check_identifier
 class HealthStatements:
     schema_ready: str
     queue_health: str
+    queue_depths: str
 
 
 @cache
@@ -50,6 +51,40 @@ def health_statements(schema: str) -> HealthStatements:
                 (SELECT count(*) FROM {s}.dead_letter
                   WHERE dead_at > now() - make_interval(secs => %(window)s)) AS new_dead,
                 (SELECT count(*) FROM {s}.dead_letter) AS dead
+            """
+        ),
+        # Every queue's messages by state, the oldest waiting one's age, messages handed
+        # out again after a lease ran out (delivery_count > 1), dead letters and live
+        # consumers: one row per queue that has any of them (metrics).
+        queue_depths=q(
+            """
+            WITH m AS (
+                SELECT queue,
+                       count(*) FILTER (WHERE visible_at <= now()
+                           AND (expires_at IS NULL OR expires_at > now())) AS waiting,
+                       count(*) FILTER (WHERE visible_at > now() AND lease_owner IS NULL)
+                           AS scheduled,
+                       count(*) FILTER (WHERE visible_at > now() AND lease_owner IS NOT NULL)
+                           AS active,
+                       count(*) FILTER (WHERE delivery_count > 1) AS redelivered,
+                       extract(epoch FROM now() - min(created_at) FILTER (
+                           WHERE visible_at <= now()
+                             AND (expires_at IS NULL OR expires_at > now())))::float8
+                           AS oldest_waiting
+                FROM {s}.message GROUP BY queue
+            ),
+            d AS (SELECT queue, count(*) AS dead FROM {s}.dead_letter GROUP BY queue),
+            c AS (
+                SELECT queue, count(*) AS consumers FROM {s}.consumer
+                WHERE alive_until > now() GROUP BY queue
+            )
+            SELECT COALESCE(m.queue, d.queue, c.queue) AS queue,
+                   COALESCE(m.waiting, 0), COALESCE(m.scheduled, 0), COALESCE(m.active, 0),
+                   COALESCE(m.redelivered, 0), m.oldest_waiting, COALESCE(d.dead, 0),
+                   COALESCE(c.consumers, 0)
+            FROM m FULL JOIN d ON d.queue = m.queue
+                   FULL JOIN c ON c.queue = COALESCE(m.queue, d.queue)
+            ORDER BY 1
             """
         ),
     )
