@@ -20,6 +20,7 @@ from typing import NoReturn
 
 import click
 
+from roast_jobs.cli_api import api_command, keys, users
 from roast_jobs.cli_batches import batch, import_article
 from roast_jobs.cli_domain_jobs import (
     cancel_domain_job,
@@ -144,5 +145,5 @@ def beat(app_name: str, schedule: str | None, loglevel: str, celery_args: tuple[
 
 def register(cli: click.Group) -> None:
     commands = (worker, beat, flags, batch, import_article, migrate, rollout)
-    for command in (*commands, mcp_command, metrics_command):
+    for command in (*commands, mcp_command, metrics_command, api_command, keys, users):
         cli.add_command(command)

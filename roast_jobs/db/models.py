@@ -80,6 +80,11 @@ ACTIVE_STATUSES = (JobStatus.PENDING, JobStatus.RUNNING)
 FINAL_STATUSES = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
+class UserRole(enum.StrEnum):
+    USER = "USER"
+    ADMIN = "ADMIN"
+
+
 class Backend(enum.StrEnum):
     LEGACY = "legacy"
     CELERY = "celery"
@@ -117,6 +122,10 @@ class User(Base):
     id: Mapped[str] = mapped_column(Text, primary_key=True, default=new_uuid)
     name: Mapped[str | None] = mapped_column(Text)
     email: Mapped[str | None] = mapped_column(Text, unique=True)
+    # Prisma's; migration 0003 adds it where missing. Admin routes of the API check it.
+    role: Mapped[UserRole] = mapped_column(
+        Enum(UserRole, name="UserRole"), server_default=UserRole.USER.value, nullable=False
+    )
 
 
 class Document(Base):
@@ -475,3 +484,19 @@ class FeatureFlagChange(Base):
     changed_at: Mapped[datetime] = mapped_column(
         "changedAt", Timestamp, server_default=NOW, nullable=False
     )
+
+
+class ApiKey(Base):
+    """A user's key for the HTTP API: only its SHA-256 is stored (migration 0003)."""
+
+    __tablename__ = "ApiKey"
+    __table_args__ = (Index("ApiKey_userId_idx", "userId"),)
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True, default=new_uuid)
+    user_id: Mapped[str] = mapped_column("userId", Text, _ref("User.id", "CASCADE"), nullable=False)
+    name: Mapped[str | None] = mapped_column(Text)
+    prefix: Mapped[str] = mapped_column(Text, nullable=False)
+    key_hash: Mapped[str] = mapped_column("keyHash", Text, nullable=False, unique=True)
+    created_at: Mapped[datetime] = _created()
+    last_used_at: Mapped[datetime | None] = mapped_column("lastUsedAt", Timestamp)
+    revoked_at: Mapped[datetime | None] = mapped_column("revokedAt", Timestamp)
