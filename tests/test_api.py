@@ -4,7 +4,6 @@ made and revoked with the CLI, owner-only jobs, admin routes, health and metrics
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,18 +19,7 @@ from roast_jobs.db.session import transaction
 from roast_jobs.domain import sample_data
 from roast_jobs.service.job_service import JobService
 from tests.domain_support import fetch, rollout
-from tests.workers import REPO, wait_until
-
-
-def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "roast_jobs.cli", *args],
-        cwd=REPO,
-        env={**os.environ, "DATABASE_URL": url},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+from tests.workers import REPO, run_cli, stop_process, wait_until
 
 
 def free_port() -> int:
@@ -64,11 +52,7 @@ def api(app_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         assert wait_until(up, 60), log.read_text()
         yield base
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
 
 
 @pytest.fixture(scope="module")
@@ -82,10 +66,10 @@ def people(app_db: str) -> dict[str, Any]:
         [bobs_doc] = sample_data.create_documents(s, bob, 1)
     out: dict[str, Any] = {"agent": agent, "alices_doc": alices_doc, "bobs_doc": bobs_doc}
     for name, user in (("alice", alice), ("bob", bob), ("admin", admin)):
-        made = cli(app_db, "keys", "create", user, "--name", f"{name}'s")
+        made = run_cli(app_db, "keys", "create", user, "--name", f"{name}'s")
         assert made.returncode == 0, made.stderr
         out[name] = {"id": user, "key": made.stdout.strip()}
-    assert cli(app_db, "users", "role", admin, "admin").returncode == 0
+    assert run_cli(app_db, "users", "role", admin, "admin").returncode == 0
     return out
 
 
@@ -101,7 +85,7 @@ def test_keys_are_shown_once_and_stored_as_hashes(app_db: str, people: dict[str,
     assert [(len(h), p) for h, p in stored] == [(64, key[:12])]
     dump = str(fetch(app_db, 'SELECT * FROM "ApiKey"'))
     assert key not in dump
-    listed = cli(app_db, "keys", "list", people["alice"]["id"])
+    listed = run_cli(app_db, "keys", "list", people["alice"]["id"])
     assert key[:12] in listed.stdout and key not in listed.stdout
 
 
@@ -133,13 +117,13 @@ def test_a_job_is_its_document_owners_and_admins_only(
 def test_a_revoked_key_is_refused_at_once(api: str, app_db: str) -> None:
     with transaction(app_db) as s:
         user = sample_data.create_user(s)
-    key = cli(app_db, "keys", "create", user).stdout.strip()
+    key = run_cli(app_db, "keys", "create", user).stdout.strip()
     flags_url = f"{api}/api/admin/flags"
     assert httpx.get(flags_url, headers={"Authorization": f"Bearer {key}"}).status_code == 403
-    revoked = cli(app_db, "keys", "revoke", key[:12])
+    revoked = run_cli(app_db, "keys", "revoke", key[:12])
     assert revoked.returncode == 0 and "revoked" in revoked.stdout, revoked.stderr
     assert httpx.get(flags_url, headers={"Authorization": f"Bearer {key}"}).status_code == 401
-    assert cli(app_db, "keys", "revoke", "rmp_nothing").returncode == 1
+    assert run_cli(app_db, "keys", "revoke", "rmp_nothing").returncode == 1
 
 
 def test_admins_set_the_rollout_and_bad_input_writes_nothing(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from roast_jobs.metrics import DURATION_BUCKETS, JobMetrics
 from roast_jobs.migrator import Direction, migrate
 from roast_jobs.service.job_service import JobService
 from tests.domain_support import fetch, fresh_database, rollout
-from tests.workers import REPO, both_backends, wait_until
+from tests.workers import REPO, both_backends, stop_process, wait_until
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -55,11 +54,7 @@ def exporter(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> I
         assert found, log.read_text()
         yield found.group(0)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
 
 
 def scrape(url: str) -> Samples:

@@ -5,9 +5,6 @@ ownership guard that makes a stale Celery message harmless after a move."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -27,7 +24,7 @@ from roast_jobs.service.job_service import _BATCH_NS, HARD_LIMIT_GRACE, JobServi
 from roast_jobs.service.reconcile import reconcile
 from tests.conftest import BROKER_SCHEMA
 from tests.domain_support import fetch, rollout
-from tests.workers import REPO
+from tests.workers import run_cli
 
 FORWARD, REVERSE = Direction.LEGACY_TO_CELERY, Direction.CELERY_TO_LEGACY
 MESSAGES = f'"{BROKER_SCHEMA}".message'
@@ -334,22 +331,11 @@ def test_dry_runs_write_nothing_and_report_what_would_move(
     assert snapshot(service.url) == before
 
 
-def roast_jobs_cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "roast_jobs.cli", *args],
-        cwd=REPO,
-        env={**os.environ, "DATABASE_URL": url},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def test_cli_summary_json_progress_and_bad_input(
     service: JobService, people: dict[str, Any]
 ) -> None:
     legacy_jobs(service, people, 3)
-    done = roast_jobs_cli(service.url, "migrate", "legacy-to-celery", "--batch-size", "2", "--json")
+    done = run_cli(service.url, "migrate", "legacy-to-celery", "--batch-size", "2", "--json")
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert (out["direction"], out["moved"], out["batches"], out["dry_run"]) == (
@@ -361,16 +347,16 @@ def test_cli_summary_json_progress_and_bad_input(
     assert out["rate"] > 0 and out["run_id"]
     assert "legacy-to-celery: " in done.stderr  # plain progress lines off a terminal
 
-    done = roast_jobs_cli(service.url, "migrate", "celery-to-legacy", "--limit", "4")
+    done = run_cli(service.url, "migrate", "celery-to-legacy", "--limit", "4")
     assert done.returncode == 0, done.stderr
     assert "moved: 4 jobs to the legacy table" in done.stdout
     assert "still on Celery: 2 (" in done.stdout
 
     before = snapshot(service.url)
     for bad in (["--batch-size", "0"], ["--limit", "-1"], ["--batch-size", "x"]):
-        done = roast_jobs_cli(service.url, "migrate", "celery-to-legacy", *bad)
+        done = run_cli(service.url, "migrate", "celery-to-legacy", *bad)
         assert done.returncode == 2 and "Invalid value" in done.stderr, done.stderr
-    done = roast_jobs_cli(service.url + "_missing", "migrate", "celery-to-legacy")
+    done = run_cli(service.url + "_missing", "migrate", "celery-to-legacy")
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
     assert snapshot(service.url) == before
 

@@ -11,7 +11,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -155,9 +155,27 @@ def both_backends(
         celery.start(timeout=120)
         yield celery
     finally:
-        legacy.send_signal(signal.SIGTERM)
-        try:
-            legacy.wait(30)
-        except subprocess.TimeoutExpired:
-            legacy.kill()
+        stop_process(legacy, 30)
         celery.stop()
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 15) -> None:
+    """SIGTERM, then SIGKILL if it is still there after ``timeout`` seconds."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+def run_cli(url: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``roast-jobs ARGS`` on ``url``'s database, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "roast_jobs.cli", *args],
+        cwd=REPO,
+        env={**os.environ, "DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
