@@ -425,3 +425,17 @@ def test_a_paused_fan_out_creates_nothing_and_maintenance_resumes_a_stopped_one(
     assert resume_fan_outs(service) == {batch.id: 30}
     assert service.batch_progress(batch.id).created == 30
     assert resume_fan_outs(service) == {}
+
+
+def test_the_services_celery_app_leaves_the_current_app_alone(app_db: str) -> None:
+    """An application embedding JobService keeps its own current_app: its AsyncResult()s
+    must not go to the service's app (whose database may be another, or gone)."""
+    from celery import Celery, current_app
+
+    mine = Celery("embedding-app", set_as_current=True)
+    svc = JobService(app_db)
+    try:
+        assert svc.app is not mine
+        assert current_app._get_current_object() is mine
+    finally:
+        svc.close()

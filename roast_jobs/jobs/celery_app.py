@@ -50,11 +50,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def make_celery(
-    settings: Settings | None = None, main: str = "roast_jobs", **overrides: Any
+    settings: Settings | None = None,
+    main: str = "roast_jobs",
+    set_as_current: bool = True,
+    **overrides: Any,
 ) -> Celery:
+    """``set_as_current`` False: an app for a library's own use (``JobService``), which must
+    not become the process's ``current_app`` in place of the application's."""
     settings = settings or get_settings()
     # Plain @app.task tasks get singleton-aware sends: a duplicate returns the holder's result.
-    app = Celery(main, task_cls=SingletonTask)
+    app = Celery(main, task_cls=SingletonTask, set_as_current=set_as_current)
     app.conf.update(celery_config(settings), **overrides)
     # Retention and clean-up, one worker at a time.
     app.steps["worker"].add(MaintenanceStep)

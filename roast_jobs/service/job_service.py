@@ -142,7 +142,9 @@ class JobService:
             from roast_jobs.jobs.celery_app import make_celery
 
             settings = get_settings().model_copy(update={"database_url": self.url})
-            self._app = make_celery(settings, main="roast_jobs")
+            # Not the process's current_app: an application embedding the service keeps its
+            # own (its AsyncResult()s and shared tasks must not land on this one's database).
+            self._app = make_celery(settings, main="roast_jobs", set_as_current=False)
         return self._app
 
     @property
