@@ -93,6 +93,23 @@ def service(app_db: str) -> Iterator[Any]:
     svc.close()
 
 
+@pytest.fixture(scope="module")
+def api(app_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``roast-jobs api`` on ``app_db`` in a subprocess: its base URL."""
+    from tests.api_support import serve_api
+
+    with serve_api(app_db, tmp_path_factory.mktemp("api") / "log") as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def people(app_db: str) -> dict[str, Any]:
+    """alice, bob and an admin with API keys (tests/api_support.py: make_people)."""
+    from tests.api_support import make_people
+
+    return make_people(app_db)
+
+
 def broker_url(schema: str, **options: object) -> str:
     query = "&".join(f"{k}={v}" for k, v in {"schema": schema, **options}.items())
     return f"{DATABASE_URL}?{query}"

@@ -3,78 +3,17 @@ made and revoked with the CLI, owner-only jobs, admin routes, health and metrics
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
-import pytest
 
 from roast_jobs.db.session import transaction
 from roast_jobs.domain import sample_data
 from roast_jobs.service.job_service import JobService
+from tests.api_support import auth
 from tests.domain_support import fetch, rollout
-from tests.workers import REPO, run_cli, stop_process, wait_until
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def api(app_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    log = Path(tmp_path_factory.mktemp("api")) / "log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "roast_jobs.cli", "api", "--port", str(port)],
-            cwd=REPO,
-            env={**os.environ, "DATABASE_URL": app_db},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return httpx.get(f"{base}/openapi.json", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        assert wait_until(up, 60), log.read_text()
-        yield base
-    finally:
-        stop_process(proc)
-
-
-@pytest.fixture(scope="module")
-def people(app_db: str) -> dict[str, Any]:
-    with transaction(app_db) as s:
-        alice = sample_data.create_user(s)
-        bob = sample_data.create_user(s)
-        admin = sample_data.create_user(s)
-        agent = sample_data.create_agent(s, alice)
-        [alices_doc] = sample_data.create_documents(s, alice, 1)
-        [bobs_doc] = sample_data.create_documents(s, bob, 1)
-    out: dict[str, Any] = {"agent": agent, "alices_doc": alices_doc, "bobs_doc": bobs_doc}
-    for name, user in (("alice", alice), ("bob", bob), ("admin", admin)):
-        made = run_cli(app_db, "keys", "create", user, "--name", f"{name}'s")
-        assert made.returncode == 0, made.stderr
-        out[name] = {"id": user, "key": made.stdout.strip()}
-    assert run_cli(app_db, "users", "role", admin, "admin").returncode == 0
-    return out
-
-
-def auth(who: dict[str, Any]) -> dict[str, str]:
-    return {"Authorization": f"Bearer {who['key']}"}
+from tests.workers import run_cli
 
 
 def test_keys_are_shown_once_and_stored_as_hashes(app_db: str, people: dict[str, Any]) -> None:
