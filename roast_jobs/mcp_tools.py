@@ -17,8 +17,8 @@ from typing import Any
 
 from sqlalchemy import text
 
-from roast_jobs.db.models import ACTIVE_STATUSES
 from roast_jobs.domain.evaluations import NotFound
+from roast_jobs.service.evaluation_requests import request_evaluation
 from roast_jobs.service.job_service import InvalidRequest, JobService
 
 #: "Recently" in the legacy summary: the last 24 hours.
@@ -60,13 +60,6 @@ SELECT j.id, j."updatedAt", j.error, j.attempts, j.backend, j."evaluationId",
  ORDER BY j."updatedAt" DESC, j.id
  LIMIT :limit
 """
-
-_ACTIVE_FOR = """
-SELECT j.id FROM "Job" j JOIN "Evaluation" e ON e.id = j."evaluationId"
- WHERE e."documentId" = :doc AND e."agentId" = :agent AND j.status = ANY(:active)
- LIMIT 1
-"""
-
 
 def _json(value: Any) -> Any:
     if isinstance(value, datetime):
@@ -177,17 +170,12 @@ def rerun_evaluation(service: JobService, document_id: str, agent_id: str) -> di
     """A new job for the evaluation of ``document_id`` by ``agent_id``; refused while one
     is waiting or running (the legacy rerun rule)."""
     with service._tx() as session:
-        busy = session.execute(
-            text(_ACTIVE_FOR),
-            {"doc": document_id, "agent": agent_id, "active": [s.value for s in ACTIVE_STATUSES]},
-        ).first()
-    if busy is not None:
-        raise InvalidRequest(
-            f"the evaluation of document {document_id!r} by agent {agent_id!r} already has "
-            f"a waiting or running job ({busy[0]})"
-        )
-    job = service.create_evaluation_job(document_id, agent_id)
-    return {"jobId": job.id, "evaluationId": job.evaluation_id, "backend": job.backend}
+        made = request_evaluation(service, session, document_id, agent_id)
+    return {
+        "jobId": made["job"]["id"],
+        "evaluationId": made["evaluation"]["id"],
+        "backend": made["job"]["backend"],
+    }
 
 
 __all__ = [

@@ -40,6 +40,8 @@ def serve_api(url: str, log: Path, env: dict[str, str] | None = None) -> Iterato
     base = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"the API exited: {log.read_text()}")
         try:
             return httpx.get(f"{base}/openapi.json", timeout=2).status_code == 200
         except httpx.HTTPError:

@@ -98,7 +98,14 @@ def api(app_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``roast-jobs api`` on ``app_db`` in a subprocess: its base URL."""
     from tests.api_support import serve_api
 
-    with serve_api(app_db, tmp_path_factory.mktemp("api") / "log") as base:
+    log = tmp_path_factory.mktemp("api") / "log"
+    # Imports may fetch the tests' own pages on 127.0.0.1; flags changed by a test (not
+    # through the API) are seen by the next request.
+    env = {
+        "ROAST_JOBS_IMPORT_ALLOW_NETWORKS": "127.0.0.1/32",
+        "ROAST_JOBS_FLAG_REFRESH_SECONDS": "0.01",
+    }
+    with serve_api(app_db, log, env) as base:
         yield base
 
 

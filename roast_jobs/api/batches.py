@@ -1,7 +1,142 @@
-"""(being written)"""
+"""Batches: ``POST /api/batches`` (201), ``GET /api/batches`` (the caller's, with job
+counts) and ``GET /api/batches/{id}`` (progress and jobs; owner or admin)."""
 
-from __future__ import annotations
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException, Query
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
-router = APIRouter()
+from roast_jobs.domain.payloads import MAX_BATCH_DOCUMENTS, Id
+from roast_jobs.service import batch_listing
+
+from . import owners
+from .deps import PathId, Service, Tx, User
+
+router = APIRouter(tags=["batches"])
+
+Name = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\x00]*$")]
+
+
+class BatchBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    agentId: Id
+    targetCount: int | None = Field(default=None, ge=1, le=100)
+    documentIds: list[Id] | None = Field(default=None, min_length=1, max_length=MAX_BATCH_DOCUMENTS)
+    name: Name | None = None
+    trackingId: Name | None = None
+    description: Annotated[str, Field(max_length=5000, pattern=r"^[^\x00]*$")] | None = None
+    expiresInDays: int | None = Field(default=None, ge=1, le=90)
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> "BatchBody":
+        if (self.targetCount is None) == (self.documentIds is None):
+            raise ValueError("give either targetCount or documentIds, not both or none")
+        return self
+
+
+def check_documents(s: Tx, who: User, document_ids: list[str]) -> None:
+    """Every listed document must be the caller's (or the caller an admin)."""
+    if who.is_admin:
+        return
+    theirs = s.execute(
+        text('SELECT id FROM "Document" WHERE id = ANY(:ids) AND "submittedById" = :u'),
+        {"ids": document_ids, "u": who.user_id},
+    ).scalars()
+    missing = sorted(set(document_ids) - set(theirs))
+    if missing:
+        raise HTTPException(404, f"document not found: {', '.join(map(repr, missing[:5]))}")
+
+
+@router.post("/api/batches", status_code=201)
+def create_batch(body: BatchBody, who: User, s: Tx, service: Service) -> dict[str, Any]:
+    """A batch of evaluations by one of the caller's agents: ``targetCount`` (1-100) jobs
+    over documents the agent evaluated before, or one job per listed document (the
+    caller's)."""
+    owners.check_agent(s, who, body.agentId)
+    if body.documentIds is not None:
+        check_documents(s, who, body.documentIds)
+    if body.trackingId is not None:
+        taken = s.execute(
+            text('SELECT 1 FROM "AgentEvalBatch" WHERE "userId" = :u AND "trackingId" = :t'),
+            {"u": who.user_id, "t": body.trackingId},
+        ).first()
+        if taken:
+            raise HTTPException(409, f"trackingId {body.trackingId!r} is already used")
+    try:
+        created = service.create_batch_jobs(
+            body.agentId,
+            target_count=body.targetCount,
+            document_ids=body.documentIds,
+            name=body.name,
+            user_id=who.user_id,
+            tracking_id=body.trackingId,
+            description=body.description,
+            expires_in_days=body.expiresInDays,
+        )
+    except IntegrityError:  # the same trackingId, by a request at the same time
+        raise HTTPException(409, f"trackingId {body.trackingId!r} is already used") from None
+    row = s.execute(
+        text('SELECT "createdAt", "expiresAt" FROM "AgentEvalBatch" WHERE id = :id'),
+        {"id": created.id},
+    ).first()
+    return {
+        "batch": {
+            "id": created.id,
+            "name": body.name,
+            "agentId": created.agent_id,
+            "trackingId": body.trackingId,
+            "trackingUrl": f"/api/batches/{created.id}",
+            "createdAt": row[0] if row else None,
+            "expiresAt": row[1] if row else None,
+            "isEphemeral": False,
+            "jobCount": created.job_count,
+            "fanOut": created.fan_out,
+        },
+        "agent": {"id": created.agent_id, "isEphemeral": False},
+        "jobs": [
+            {"id": j.id, "documentId": j.document_id, "status": "PENDING", "backend": j.backend}
+            for j in created.jobs
+        ],
+    }
+
+
+@router.get("/api/batches")
+def list_batches(
+    who: User,
+    s: Tx,
+    type: Literal["experiment", "regular"] | None = None,  # the legacy name
+    includeExpired: bool = False,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> dict[str, Any]:
+    """The caller's batches, newest first, with their jobs' counts (``jobStats``).
+    ``type=experiment``: made with a trackingId."""
+    return batch_listing.list_batches(s, who.user_id, type, includeExpired, limit, offset)
+
+
+@router.get("/api/batches/{batch_id}")
+def get_batch(batch_id: PathId, who: User, s: Tx, service: Service) -> dict[str, Any]:
+    """A batch's progress (completed of planned, in percent), its jobs' counts by status
+    and backend, and its jobs (first 1000)."""
+    owners.check_batch(s, who, batch_id)
+    progress = service.batch_progress(batch_id)
+    stats = {
+        k: getattr(progress, k)
+        for k in ("total", "completed", "failed", "running", "pending", "cancelled")
+    }
+    return {
+        "id": progress.id,
+        "name": progress.name,
+        "agentId": progress.agent_id,
+        "createdAt": progress.created_at,
+        "completedAt": progress.completed_at,
+        "targetCount": progress.expected,
+        "jobStats": stats,
+        "byBackend": {"legacy": progress.legacy, "celery": progress.celery},
+        "progress": round(progress.progress, 1),
+        "isComplete": progress.is_complete,
+        "jobs": batch_listing.batch_jobs(s, batch_id),
+    }

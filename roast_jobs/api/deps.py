@@ -11,11 +11,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from roast_jobs.db.session import transaction
+from roast_jobs.domain.payloads import ID_MAX_LENGTH, ID_REGEX_SQL
 from roast_jobs.service import api_keys
 from roast_jobs.service.api_keys import Caller
 from roast_jobs.service.job_service import JobService
@@ -73,6 +74,13 @@ def admin(who: Annotated[Caller, Depends(caller)]) -> Caller:
 # Shorthands for route signatures.
 Url = Annotated[str, Depends(database_url)]
 Service = Annotated[JobService, Depends(service)]
-Tx = Annotated[Session, Depends(session)]
+# scope="function": commit before the response goes out, so a client never reads a
+# 2xx for something not committed (nor something whose commit then failed).
+Tx = Annotated[Session, Depends(session, scope="function")]
 User = Annotated[Caller, Depends(caller)]
 Admin = Annotated[Caller, Depends(admin)]
+
+#: An id in a path: the ids' own alphabet, so junk is a 422 before any query runs.
+PathId = Annotated[
+    str, Path(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_REGEX_SQL, description="An id")
+]

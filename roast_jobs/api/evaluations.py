@@ -1,7 +1,185 @@
-"""(being written)"""
+"""Evaluations: one document by one or more agents, a document re-run by an agent, and
+an agent's batch (``eval-batch``). Documents are their owner's; agents' batches their
+owner's (others get 404)."""
 
-from __future__ import annotations
+from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from sqlalchemy import text
 
-router = APIRouter()
+from roast_jobs.domain.payloads import MAX_BATCH_DOCUMENTS, MAX_IMPORT_AGENTS, Id
+from roast_jobs.service.evaluation_requests import current_evaluation, request_evaluation
+
+from . import owners
+from .batches import Name
+from .deps import PathId, Service, Tx, User
+
+router = APIRouter(tags=["evaluations"])
+
+
+class EvalBatchBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name | None = None
+    targetCount: int | None = Field(default=None, ge=1, le=100)
+    documentIds: list[Id] | None = Field(default=None, min_length=1, max_length=MAX_BATCH_DOCUMENTS)
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> "EvalBatchBody":
+        if (self.targetCount is None) == (self.documentIds is None):
+            raise ValueError("give either targetCount or documentIds, not both or none")
+        return self
+
+
+class DocumentEvaluationsBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    agentId: Id | None = None
+    agentIds: list[Id] | None = Field(default=None, min_length=1, max_length=MAX_IMPORT_AGENTS)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "DocumentEvaluationsBody":
+        if (self.agentId is None) == (self.agentIds is None):
+            raise ValueError("give either agentId or agentIds, not both or none")
+        return self
+
+
+class RerunBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    fromVersion: int | None = Field(default=None, ge=1, le=1_000_000)
+
+
+_WITHOUT_EVALUATION = """
+SELECT d FROM unnest(CAST(:docs AS text[])) d
+ WHERE NOT EXISTS (SELECT 1 FROM "Evaluation" e WHERE e."documentId" = d AND e."agentId" = :agent)
+"""
+
+
+@router.post("/api/evaluators/{agent_id}/eval-batch", status_code=201)
+def eval_batch(
+    agent_id: PathId, body: EvalBatchBody, who: User, s: Tx, service: Service
+) -> dict[str, Any]:
+    """A batch by the caller's agent: ``targetCount`` jobs over documents it already
+    evaluated (sampled, repeated to reach the count), or one job per listed document,
+    each of which must already have an evaluation by this agent (the legacy rule)."""
+    owners.check_agent(s, who, agent_id)
+    if body.documentIds is not None:
+        missing = list(
+            s.execute(
+                text(_WITHOUT_EVALUATION), {"docs": body.documentIds, "agent": agent_id}
+            ).scalars()
+        )
+        if missing:
+            shown = ", ".join(map(repr, missing[:5]))
+            raise HTTPException(
+                400, f"documents without an evaluation by agent {agent_id!r}: {shown}"
+            )
+    created = service.create_batch_jobs(
+        agent_id,
+        target_count=body.targetCount,
+        document_ids=body.documentIds,
+        name=body.name,
+        user_id=who.user_id,
+    )
+    made = s.execute(
+        text('SELECT "createdAt", "targetCount" FROM "AgentEvalBatch" WHERE id = :id'),
+        {"id": created.id},
+    ).first()
+    return {
+        "batch": {
+            "id": created.id,
+            "name": body.name,
+            "agentId": agent_id,
+            "createdAt": made[0] if made else None,
+            "targetCount": made[1] if made else None,
+            "documentIds": created.document_ids,
+            "jobCount": created.job_count,
+            "fanOut": created.fan_out,
+        },
+        "jobs": [
+            {"id": j.id, "documentId": j.document_id, "status": "PENDING", "backend": j.backend}
+            for j in created.jobs
+        ],
+    }
+
+
+@router.post("/api/documents/{document_id}/evaluations", status_code=201)
+def evaluate_document(
+    document_id: PathId, body: DocumentEvaluationsBody, who: User, s: Tx, service: Service
+) -> dict[str, Any]:
+    """One job per agent for the caller's document, all or none."""
+    owners.check_document(s, who, document_id)
+    agents = [body.agentId] if body.agentId is not None else list(body.agentIds or [])
+    existing = set(
+        s.execute(
+            text(
+                'SELECT "agentId" FROM "Evaluation" WHERE "documentId" = :d AND "agentId" = ANY(:a)'
+            ),
+            {"d": document_id, "a": agents},
+        ).scalars()
+    )
+    jobs = service.create_evaluation_jobs(document_id, agents)
+    out = [
+        {
+            "agentId": j.agent_id,
+            "evaluationId": j.evaluation_id,
+            "jobId": j.id,
+            "status": "pending",
+            "created": j.agent_id not in existing,
+            "backend": j.backend,
+        }
+        for j in jobs
+    ]
+    if body.agentId is not None:
+        return out[0]
+    return {"evaluations": out, "total": len(out)}
+
+
+@router.get("/api/docs/{document_id}/evals/{agent_id}")
+def get_evaluation(document_id: PathId, agent_id: PathId, who: User, s: Tx) -> dict[str, Any]:
+    """The evaluation with its current version and that version's job (``NO_JOB`` when
+    none), plus its latest job."""
+    owners.check_document(s, who, document_id)
+    return {"evaluation": current_evaluation(s, document_id, agent_id)}
+
+
+@router.post("/api/docs/{document_id}/evals/{agent_id}")
+def run_evaluation(
+    document_id: PathId, agent_id: PathId, who: User, s: Tx, service: Service
+) -> dict[str, Any]:
+    """Evaluate the caller's document with an agent (the evaluation made if missing);
+    400 while a job of it is waiting or running."""
+    owners.check_document(s, who, document_id)
+    made = request_evaluation(service, s, document_id, agent_id)
+    return {
+        "success": True,
+        "evaluation": made["evaluation"],
+        "job": made["job"],
+        "message": f"evaluation queued on {made['job']['backend']}",
+    }
+
+
+@router.post("/api/docs/{document_id}/evals/{agent_id}/rerun")
+def rerun_evaluation(
+    document_id: PathId,
+    agent_id: PathId,
+    who: User,
+    s: Tx,
+    service: Service,
+    body: RerunBody | None = None,
+) -> dict[str, Any]:
+    """Run an existing evaluation again; 400 while a job of it is waiting or running."""
+    owners.check_document(s, who, document_id)
+    from_version = body.fromVersion if body is not None else None
+    made = request_evaluation(
+        service, s, document_id, agent_id, rerun=True, from_version=from_version
+    )
+    return {
+        "success": True,
+        "evaluation": made["evaluation"],
+        "job": made["job"],
+        "message": f"re-run queued on {made['job']['backend']}",
+        "context": {"fromVersion": from_version, "previousVersion": made["previousVersion"]},
+    }

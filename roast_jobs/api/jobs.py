@@ -9,13 +9,13 @@ from fastapi import APIRouter, HTTPException
 from roast_jobs.domain import job_records
 
 from . import owners
-from .deps import Service, Tx, User
+from .deps import PathId, Service, Tx, User
 
 router = APIRouter(tags=["jobs"])
 
 
 @router.get("/api/jobs/{job_id}")
-def get_job(job_id: str, who: User, s: Tx, service: Service) -> dict[str, Any]:
+def get_job(job_id: PathId, who: User, s: Tx, service: Service) -> dict[str, Any]:
     """A job, as the legacy route shows it, plus its backend (the document's owner
     only, or an admin)."""
     owners.check_job(s, who, job_id)

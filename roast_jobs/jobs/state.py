@@ -196,6 +196,9 @@ def derive(
             state = JobState.SCHEDULED
         else:
             state = JobState.CREATED
+        if common["args"] is None and common["kwargs"] is None:
+            # No stored result yet (the job waits): its call is in the message.
+            _name, common["args"], common["kwargs"] = task_call(msg.payload)
         common.update(
             name=headers.get("task") or common["name"],
             queue=msg.queue,

@@ -15,7 +15,7 @@ import random
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery import Celery
@@ -295,6 +295,9 @@ class JobService:
         document_ids: Sequence[str] | None = None,
         name: str | None = None,
         user_id: str | None = None,
+        tracking_id: str | None = None,
+        description: str | None = None,
+        expires_in_days: int | None = None,
     ) -> CreatedBatch:
         """A batch of jobs for one agent: ``target_count`` (1-100) jobs over documents it
         already evaluated (the legacy meaning: sampled, repeated to reach the count), or
@@ -341,6 +344,11 @@ class JobService:
                 user_id=user_id,
                 target_count=target_count if target_count is not None else len(plan),
                 requested_document_ids=plan,
+                tracking_id=tracking_id,
+                description=description,
+                expires_at=None
+                if expires_in_days is None
+                else datetime.now(UTC).replace(tzinfo=None) + timedelta(days=expires_in_days),
             )
             session.add(batch)
             session.flush()
