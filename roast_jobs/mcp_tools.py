@@ -61,6 +61,7 @@ SELECT j.id, j."updatedAt", j.error, j.attempts, j.backend, j."evaluationId",
  LIMIT :limit
 """
 
+
 def _json(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
