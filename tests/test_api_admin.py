@@ -456,7 +456,7 @@ def test_dead_letters_list_show_redrive_and_purge(
     assert shown.status_code == 200 and shown.json()["task_id"] == a_task, shown.text
     assert shown.json()["singleton_key"] == key and a_task in shown.json()["payload"]
     assert call(api, "GET", "/api/admin/dead-letters/999999", admin).status_code == 404
-    assert call(api, "GET", "/api/admin/dead-letters/abc", admin).status_code == 422
+    assert call(api, "GET", "/api/admin/dead-letters/abc", admin).status_code == 404
     assert call(api, "GET", "/api/admin/dead-letters?limit=0", admin).status_code == 422
 
     before = broker_rows(service)

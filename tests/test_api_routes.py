@@ -89,9 +89,17 @@ def test_batch_refusals_write_nothing(api: str, app_db: str, people: dict[str, A
     alice, bob = people["alice"], people["bob"]
     agent = people["agent"]
     before = counts(app_db)
-    bad_bodies = [
-        {"agentId": agent},  # neither targetCount nor documentIds
+    for neither_or_both in (
+        {"agentId": agent},
         {"agentId": agent, "targetCount": 3, "documentIds": [people["alices_doc"]]},
+    ):
+        refused = httpx.post(f"{api}/api/batches", json=neither_or_both, headers=auth(alice))
+        assert refused.status_code == 400, refused.text
+        assert "exactly one of targetCount and documentIds" in refused.json()["error"]
+    bad_bodies = [
+        {"agentId": agent, "targetCount": "3"},
+        {"agentId": agent, "targetCount": True},
+        {"agentId": agent, "targetCount": 2.5},
         {"agentId": agent, "targetCount": 0},
         {"agentId": agent, "targetCount": 101},
         {"agentId": agent, "documentIds": []},
@@ -116,7 +124,8 @@ def test_batch_refusals_write_nothing(api: str, app_db: str, people: dict[str, A
     none_yet = httpx.post(f"{api}/api/batches", json={"agentId": agent, "targetCount": 2},
                           headers=auth(alice))  # fmt: skip
     assert none_yet.status_code == 400 and "no evaluated documents" in none_yet.json()["error"]
-    for bad_query in ("limit=0", "limit=101", "offset=-1", "type=other", "includeExpired=maybe"):
+    for bad_query in ("limit=0", "limit=101", "offset=-1", "type=other", "includeExpired=maybe",
+                      "limt=5"):  # fmt: skip
         assert httpx.get(f"{api}/api/batches?{bad_query}", headers=auth(alice)).status_code == 422
     assert (
         httpx.post(f"{api}/api/batches", content=b"{not json", headers=auth(alice)).status_code
@@ -148,8 +157,12 @@ def test_documents_are_evaluated_by_their_owner_only(
 
     before = counts(app_db)
     assert httpx.post(url, json={"agentId": people["agent"]}, headers=auth(bob)).status_code == 404
-    for bad in ({}, {"agentId": "a", "agentIds": ["b"]}, {"agentIds": []}):
-        assert httpx.post(url, json=bad, headers=auth(alice)).status_code == 422
+    for bad, code in (
+        ({}, 400),
+        ({"agentId": "a", "agentIds": ["b"]}, 400),
+        ({"agentIds": []}, 422),
+    ):
+        assert httpx.post(url, json=bad, headers=auth(alice)).status_code == code
     unknown = httpx.post(url, json={"agentIds": [people["agent"], "ghost"]}, headers=auth(alice))
     assert unknown.status_code == 404 and "ghost" in unknown.json()["error"]
     assert counts(app_db) == before  # the known agent's job was not made either

@@ -7,12 +7,12 @@ from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from roast_jobs.jobs.dead_letters import DeadLetters
 from roast_jobs.service import pauses
 
-from .deps import Admin, Service, Url
+from .deps import Admin, Body, Service, Url
 
 router = APIRouter(tags=["admin"])
 
@@ -20,7 +20,7 @@ router = APIRouter(tags=["admin"])
 # -- pause -------------------------------------------------------------------------------
 
 
-class PauseBody(BaseModel):
+class PauseBody(Body):
     reason: str = Field(min_length=1, max_length=pauses.MAX_REASON)
 
 
@@ -55,7 +55,7 @@ def end_pause(_who: Admin, url: Url) -> dict[str, Any]:
 # -- dead letters ------------------------------------------------------------------------
 
 
-class Selection(BaseModel):
+class Selection(Body):
     """Which dead letters: ``ids``, or ``all`` (of ``queue``, if given); exactly one."""
 
     ids: list[int] | None = None
@@ -96,7 +96,7 @@ def list_dead_letters(
     return {"deadLetters": found, "count": len(found)}
 
 
-@router.get("/api/admin/dead-letters/{dead_id}")
+@router.get("/api/admin/dead-letters/{dead_id:int}")
 def get_dead_letter(dead_id: int, _who: Admin, service: Service) -> dict[str, Any]:
     """One dead letter, with its stored message (``payload``)."""
     return _letters(service).get(dead_id).as_dict(with_payload=True)

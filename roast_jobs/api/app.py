@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from roast_jobs.service.job_service import JobService
 
 from . import admin, batches, dashboard, errors, evaluations, imports, jobs, monitor, system
-from .deps import ApiContext
+from .deps import ApiContext, no_unknown_query
 
 
 def create_app(url: str) -> FastAPI:
@@ -32,9 +32,10 @@ def create_app(url: str) -> FastAPI:
         summary="RoastMyPost's jobs on two backends (legacy table and Celery on PostgreSQL)",
         version="0.1.0",
         lifespan=lifespan,
+        dependencies=[Depends(no_unknown_query)],
     )
     app.state.ctx = ApiContext(url=url, service=service)
     errors.install(app)
     for module in (jobs, batches, evaluations, imports, monitor, admin, system, dashboard):
-        app.include_router(module.router)
+        app.include_router(module.router, responses=errors.RESPONSES)
     return app

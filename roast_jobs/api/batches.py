@@ -4,7 +4,7 @@ counts) and ``GET /api/batches/{id}`` (progress and jobs; owner or admin)."""
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
@@ -12,16 +12,14 @@ from roast_jobs.domain.payloads import MAX_BATCH_DOCUMENTS, Id
 from roast_jobs.service import batch_listing
 
 from . import owners
-from .deps import PathId, Service, Tx, User
+from .deps import Body, PathId, Service, Tx, User, exactly_one
 
 router = APIRouter(tags=["batches"])
 
 Name = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\x00]*$")]
 
 
-class BatchBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class BatchBody(Body):
     agentId: Id
     targetCount: int | None = Field(default=None, ge=1, le=100)
     documentIds: list[Id] | None = Field(default=None, min_length=1, max_length=MAX_BATCH_DOCUMENTS)
@@ -29,12 +27,6 @@ class BatchBody(BaseModel):
     trackingId: Name | None = None
     description: Annotated[str, Field(max_length=5000, pattern=r"^[^\x00]*$")] | None = None
     expiresInDays: int | None = Field(default=None, ge=1, le=90)
-
-    @model_validator(mode="after")
-    def _one_selection(self) -> "BatchBody":
-        if (self.targetCount is None) == (self.documentIds is None):
-            raise ValueError("give either targetCount or documentIds, not both or none")
-        return self
 
 
 def check_documents(s: Tx, who: User, document_ids: list[str]) -> None:
@@ -55,6 +47,7 @@ def create_batch(body: BatchBody, who: User, s: Tx, service: Service) -> dict[st
     """A batch of evaluations by one of the caller's agents: ``targetCount`` (1-100) jobs
     over documents the agent evaluated before, or one job per listed document (the
     caller's)."""
+    exactly_one("targetCount and documentIds", body.targetCount, body.documentIds)
     owners.check_agent(s, who, body.agentId)
     if body.documentIds is not None:
         check_documents(s, who, body.documentIds)

@@ -9,10 +9,12 @@ Routers are module-level ``APIRouter``s; ``create_app`` puts an ``ApiContext`` o
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any, get_args, get_origin
 
 from fastapi import Depends, HTTPException, Path, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, model_validator
 from sqlalchemy.orm import Session
 
 from roast_jobs.db.session import transaction
@@ -20,6 +22,7 @@ from roast_jobs.domain.payloads import ID_MAX_LENGTH, ID_REGEX_SQL
 from roast_jobs.service import api_keys
 from roast_jobs.service.api_keys import Caller
 from roast_jobs.service.job_service import JobService
+from roast_jobs.service.outcomes import InvalidRequest
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: rmp_...")
 
@@ -84,3 +87,71 @@ Admin = Annotated[Caller, Depends(admin)]
 PathId = Annotated[
     str, Path(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_REGEX_SQL, description="An id")
 ]
+
+
+class Body(BaseModel):
+    """A request body: unknown fields and loose types (``false`` or ``"5"`` for a number,
+    ``1`` for a boolean) are refused with 422, not guessed at. (Pydantic's strict mode
+    would also refuse 5.0, which JSON Schema calls an integer.)"""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_guessing(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for name, field in cls.model_fields.items():
+            value = data.get(name)
+            kinds = _kinds(field.annotation)
+            if value is None or type(value) in kinds:
+                continue
+            if bool in kinds and not isinstance(value, bool):
+                raise ValueError(f"{name}: must be true or false")
+            if int in kinds and (
+                isinstance(value, (bool, str))
+                or (isinstance(value, float) and not value.is_integer())
+            ):
+                raise ValueError(f"{name}: must be a whole number")
+        return data
+
+
+def _kinds(annotation: Any) -> set[type]:
+    """The plain types an annotation admits (``int | None`` -> {int, NoneType})."""
+    if isinstance(annotation, type):
+        return {annotation}
+    out: set[type] = set()
+    for arg in get_args(annotation):
+        if get_origin(arg) is Annotated:
+            arg = get_args(arg)[0]
+        out |= _kinds(arg)
+    if get_origin(annotation) is Annotated:
+        out |= _kinds(get_args(annotation)[0])
+    return out
+
+
+def exactly_one(what: str, *given: object) -> None:
+    """A rule between fields, checked in the route (400): the schema cannot say it."""
+    if sum(value is not None for value in given) != 1:
+        raise InvalidRequest(f"give exactly one of {what}")
+
+
+def no_unknown_query(request: Request) -> None:
+    """Refuse query parameters the route does not take (a misspelt ``?limt=5`` would
+    otherwise be ignored silently)."""
+    dependant = getattr(request.scope.get("route"), "dependant", None)
+    if dependant is None or not request.query_params:
+        return
+    unknown = sorted(set(request.query_params) - _query_names(dependant))
+    if unknown:
+        raise RequestValidationError(
+            [{"loc": ("query", name), "msg": "unknown query parameter", "type": "extra_forbidden"}
+             for name in unknown]
+        )  # fmt: skip
+
+
+def _query_names(dependant: Any) -> set[str]:
+    names = {p.alias for p in dependant.query_params}
+    for child in dependant.dependencies:
+        names |= _query_names(child)
+    return names

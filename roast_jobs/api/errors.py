@@ -3,10 +3,15 @@ the domain's exceptions mapped to their status (a bad request is 4xx, never a 50
 
 from __future__ import annotations
 
-from fastapi import FastAPI, HTTPException, Request
+from typing import Any
+
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy.exc import DataError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from roast_jobs.domain import job_records
 from roast_jobs.domain.evaluations import NotFound
@@ -15,6 +20,24 @@ from roast_jobs.domain.url_safety import ArticleImportError
 from roast_jobs.jobs.errors import DeadLetterNotFound, InvalidTransition
 from roast_jobs.jobs.errors import JobNotFound as BrokerJobNotFound
 from roast_jobs.service.outcomes import InvalidRequest, SystemPaused
+
+
+class ErrorBody(BaseModel):
+    error: str
+
+
+#: The refusals any route may answer with, for the OpenAPI document.
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": why}
+    for code, why in (
+        (400, "The request cannot be carried out (the message says why)"),
+        (401, "No valid API key"),
+        (403, "Admins only"),
+        (404, "Unknown, or someone else's"),
+        (409, "Conflicts with what exists"),
+        (503, "Job creation is paused, or the system is degraded"),
+    )
+}
 
 
 def _body(message: str) -> dict[str, str]:
@@ -29,10 +52,24 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def _allowed(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _child = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
 def install(app: FastAPI) -> None:
-    @app.exception_handler(HTTPException)
-    def _http(_r: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse(_body(str(exc.detail)), exc.status_code, headers=exc.headers)
+    @app.exception_handler(StarletteHTTPException)
+    def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names only the first route that matched the path; the path's
+            # other routes (GET and PUT of the same URL...) are allowed too.
+            headers["Allow"] = ", ".join(_allowed(request))
+        return JSONResponse(_body(str(exc.detail)), exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     def _invalid(_r: Request, exc: RequestValidationError) -> JSONResponse:

@@ -5,7 +5,7 @@ owner's (others get 404)."""
 from typing import Any
 
 from fastapi import APIRouter, HTTPException
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field
 from sqlalchemy import text
 
 from roast_jobs.domain.payloads import MAX_BATCH_DOCUMENTS, MAX_IMPORT_AGENTS, Id
@@ -13,41 +13,23 @@ from roast_jobs.service.evaluation_requests import current_evaluation, request_e
 
 from . import owners
 from .batches import Name
-from .deps import PathId, Service, Tx, User
+from .deps import Body, PathId, Service, Tx, User, exactly_one
 
 router = APIRouter(tags=["evaluations"])
 
 
-class EvalBatchBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class EvalBatchBody(Body):
     name: Name | None = None
     targetCount: int | None = Field(default=None, ge=1, le=100)
     documentIds: list[Id] | None = Field(default=None, min_length=1, max_length=MAX_BATCH_DOCUMENTS)
 
-    @model_validator(mode="after")
-    def _one_selection(self) -> "EvalBatchBody":
-        if (self.targetCount is None) == (self.documentIds is None):
-            raise ValueError("give either targetCount or documentIds, not both or none")
-        return self
 
-
-class DocumentEvaluationsBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class DocumentEvaluationsBody(Body):
     agentId: Id | None = None
     agentIds: list[Id] | None = Field(default=None, min_length=1, max_length=MAX_IMPORT_AGENTS)
 
-    @model_validator(mode="after")
-    def _one_form(self) -> "DocumentEvaluationsBody":
-        if (self.agentId is None) == (self.agentIds is None):
-            raise ValueError("give either agentId or agentIds, not both or none")
-        return self
 
-
-class RerunBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class RerunBody(Body):
     fromVersion: int | None = Field(default=None, ge=1, le=1_000_000)
 
 
@@ -64,6 +46,7 @@ def eval_batch(
     """A batch by the caller's agent: ``targetCount`` jobs over documents it already
     evaluated (sampled, repeated to reach the count), or one job per listed document,
     each of which must already have an evaluation by this agent (the legacy rule)."""
+    exactly_one("targetCount and documentIds", body.targetCount, body.documentIds)
     owners.check_agent(s, who, agent_id)
     if body.documentIds is not None:
         missing = list(
@@ -110,6 +93,7 @@ def evaluate_document(
     document_id: PathId, body: DocumentEvaluationsBody, who: User, s: Tx, service: Service
 ) -> dict[str, Any]:
     """One job per agent for the caller's document, all or none."""
+    exactly_one("agentId and agentIds", body.agentId, body.agentIds)
     owners.check_document(s, who, document_id)
     agents = [body.agentId] if body.agentId is not None else list(body.agentIds or [])
     existing = set(

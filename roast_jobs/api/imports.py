@@ -7,20 +7,18 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from roast_jobs.domain.payloads import MAX_IMPORT_AGENTS, Id
 from roast_jobs.jobs.errors import JobNotFound
 from roast_jobs.service.job_service import IMPORT_TASK
 
-from .deps import PathId, Service, User
+from .deps import Body, PathId, Service, User
 
 router = APIRouter(tags=["imports"])
 
 
-class ImportBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ImportBody(Body):
     url: str = Field(min_length=1, max_length=2048)
     agentIds: list[Id] = Field(default_factory=list, max_length=MAX_IMPORT_AGENTS)
 

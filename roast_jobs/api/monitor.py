@@ -6,12 +6,12 @@ re-running a job, over both backends (the legacy routes' shapes, plus ``backend`
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from roast_jobs.db.models import Backend, JobStatus
 from roast_jobs.service import monitor_stats
 
-from .deps import Admin, Service, Tx
+from .deps import Admin, Body, Service, Tx
 
 router = APIRouter(tags=["monitor"])
 
@@ -39,7 +39,7 @@ def stats(_who: Admin, s: Tx) -> dict[str, Any]:
     return monitor_stats.system_stats(s)
 
 
-class CancelBody(BaseModel):
+class CancelBody(Body):
     reason: str | None = Field(default=None, max_length=1000)
 
 

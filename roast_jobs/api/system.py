@@ -6,17 +6,17 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from roast_jobs.service import flags
 
-from .deps import Admin, Service, Url
+from .deps import Admin, Body, Service, Url
 from .health import health_report
 
 router = APIRouter()
 
 
-class FlagsBody(BaseModel):
+class FlagsBody(Body):
     rolloutPercent: int = Field(ge=0, le=100, description="0 turns Celery off")
 
 
