@@ -3,8 +3,10 @@ maintenance (``cli_jobs``); worker, beat, flags, batches and imports (``cli_doma
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -14,6 +16,7 @@ import click
 from roast_jobs import cli_domain, cli_jobs
 from roast_jobs.cli_jobs import check_database
 from roast_jobs.config import Settings, get_settings, override_settings
+from roast_jobs.logs import LOG_FORMATS, configure_logging, mask_secrets
 
 
 def database_url(settings: Settings) -> str:
@@ -39,10 +42,44 @@ def terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-@click.group()
+class MaskedErrors(click.Group):
+    """Every command's error message passes through ``mask_secrets`` (a URL's password)."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as exc:
+            exc.message = mask_secrets(exc.message)
+            raise
+
+
+def set_up_logging(log_format: str | None) -> None:
+    """Logs to stderr as --log-format (else ROAST_JOBS_LOG_FORMAT) says; the workers this
+    process starts inherit the choice through the environment."""
+    from pydantic import ValidationError
+
+    if log_format:
+        os.environ["ROAST_JOBS_LOG_FORMAT"] = log_format
+    try:
+        settings: Settings | None = get_settings()
+    except ValidationError:
+        settings = None  # a bad environment: the command that reads it says so
+    if settings is not None and log_format:
+        override_settings(log_format=log_format)
+    configure_logging(log_format or (settings.log_format if settings else "text"))
+
+
+@click.group(cls=MaskedErrors)
 @click.version_option(package_name="roast-jobs")
-def cli() -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default=None,
+    help="Logs as text or one JSON object per line [default: ROAST_JOBS_LOG_FORMAT or text].",
+)
+def cli(log_format: str | None) -> None:
     """roast-jobs: a PostgreSQL broker for Celery, and the RoastMyPost job system on it."""
+    set_up_logging(log_format)
 
 
 @contextmanager
@@ -64,7 +101,7 @@ def demo_database() -> Iterator[str]:
             url = server.start()
         except embedded.EmbeddedPostgresError as exc:
             raise click.ClickException(str(exc)) from None
-        click.echo(f"embedded PostgreSQL ({server.bindir}) at {url}")
+        click.echo(f"embedded PostgreSQL ({server.bindir}) at {_masked(url)}")
         override_settings(database_url=url)
         yield url
     finally:
@@ -207,8 +244,10 @@ def legacy_worker(
         load_evaluator()  # a bad ROAST_JOBS_EVALUATOR stops us here, not in every job
     except EvaluatorConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
+    configure_logging(
+        settings.log_format,
+        logging.INFO,
+        text_format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
     )
     legacy = LegacyWorker(
         url,
@@ -299,9 +338,7 @@ def db_current(check: bool) -> None:
 
 
 def _masked(url: str) -> str:
-    from roast_jobs.broker.connections import mask_url
-
-    return mask_url(url)
+    return mask_secrets(url)
 
 
 cli_jobs.register(cli)
@@ -309,7 +346,12 @@ cli_domain.register(cli)
 
 
 def main() -> None:
-    cli(prog_name="roast-jobs")
+    try:
+        cli(prog_name="roast-jobs")
+    except Exception:
+        # click shows its own errors; any other prints a traceback, which may quote a URL.
+        sys.stderr.write(mask_secrets(traceback.format_exc()))
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,13 @@ def api_command(host: str, port: int) -> None:
     import uvicorn
 
     from roast_jobs.api import create_app
+    from roast_jobs.config import get_settings
+    from roast_jobs.logs import uvicorn_log_config
 
-    uvicorn.run(create_app(database_url()), host=host, port=port, log_level="info")
+    app = create_app(database_url())
+    # uvicorn's access and error logs through our filters (and JSON formatter for json).
+    log_config = uvicorn_log_config(get_settings().log_format)
+    uvicorn.run(app, host=host, port=port, log_level="info", log_config=log_config)
 
 
 @click.group()

@@ -56,7 +56,12 @@ SCHEDULE_FILE = "celerybeat-schedule"
 
 def _exec_celery(*args: str) -> NoReturn:
     cmd = [sys.executable, "-m", "celery", *args]
-    click.echo(" ".join(cmd[1:]), err=True)
+    if get_settings().log_format == "json":
+        # Nothing but JSON lines: no command line, no printed banner (-q; the worker logs
+        # its banner as a record, roast_jobs/tasks/worker_logs.py).
+        cmd.insert(3, "-q")
+    else:
+        click.echo(" ".join(cmd[1:]), err=True)
     sys.stdout.flush()
     os.execv(sys.executable, cmd)  # celery gets our pid, so signals reach it directly
 

@@ -19,6 +19,7 @@ import click
 import psycopg
 
 from roast_jobs.config import get_settings
+from roast_jobs.logs import mask_secrets
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -32,27 +33,29 @@ TARGET_HINT = "point at the app's broker with -A/--app MODULE[:ATTR] or --schema
 
 
 def one_line(exc: BaseException) -> str:
-    """An exception's message on one line (psycopg's carry DETAIL and HINT lines)."""
+    """An exception's message on one line (psycopg's carry DETAIL and HINT lines), its
+    secrets masked."""
     text = "; ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
-    return text or type(exc).__name__
+    return mask_secrets(text) or type(exc).__name__
 
 
 def check_database(url: str, what: str = "DATABASE_URL") -> None:
     """Fail at once, in one line, when ``url`` (named ``what``) is not a reachable
     PostgreSQL: before kombu, which would retry for seconds and then print a traceback."""
-    from roast_jobs.broker.connections import mask_url, split_url
+    from roast_jobs.broker.connections import split_url
 
     try:
         libpq, _ = split_url(url)
     except ValueError as exc:
-        raise click.ClickException(f"bad {what}: {exc}") from None
+        raise click.ClickException(f"bad {what}: {mask_secrets(str(exc))}") from None
     try:
         with psycopg.connect(libpq, connect_timeout=5) as conn:
             conn.execute("SELECT 1")
     except psycopg.Error as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise click.ClickException(
-            f"cannot connect to PostgreSQL at {mask_url(url)}: {reason}; check {what} "
+            f"cannot connect to PostgreSQL at {mask_secrets(url)}: {mask_secrets(reason)}; "
+            f"check {what} "
             "(postgresql://user:pass@host:5432/db) and that the server runs"
         ) from None
 

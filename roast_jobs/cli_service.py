@@ -12,6 +12,7 @@ import psycopg
 
 from roast_jobs.cli_jobs import check_database, one_line
 from roast_jobs.config import get_settings
+from roast_jobs.logs import mask_secrets
 
 if TYPE_CHECKING:
     from roast_jobs.service.job_service import JobService
@@ -68,7 +69,7 @@ def one_line_errors() -> Iterator[None]:
         first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
         if isinstance(orig, psycopg.errors.UndefinedTable):
             first += ": run `roast-jobs db upgrade` on this database first"
-        raise click.ClickException(first) from None
+        raise click.ClickException(mask_secrets(first)) from None
     except SQLAlchemyError as exc:
         raise click.ClickException(one_line(exc)) from None
     except Exception as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -23,6 +23,10 @@ class Settings(BaseSettings):
     max_deliveries: int = 5
     poll_interval: float = 2.0
     native_delay: bool = True
+
+    # Logs of every roast-jobs process (CLI, API, workers): plain text, or one JSON object
+    # per line with the job's fields (roast_jobs/logs.py).
+    log_format: Literal["text", "json"] = "text"
 
     # Retry policy of roast-jobs tasks (the plan's pg-boss queue options): retries after a
     # failure, the first delay, doubling with jitter up to retry_delay_max, and the time
@@ -52,6 +56,10 @@ class Settings(BaseSettings):
     legacy_kill_grace_seconds: float = Field(default=5.0, ge=0)
     legacy_stale_check_seconds: float = Field(default=300.0, gt=0)
     stale_job_seconds: float = Field(default=1800.0, gt=0)
+    # The legacy worker's "WorkerHeartbeat" row: written this often; health and metrics
+    # count a worker live while its last beat is younger than the stale threshold.
+    legacy_heartbeat_seconds: float = Field(default=10.0, gt=0)
+    legacy_heartbeat_stale_seconds: float = Field(default=60.0, gt=0)
     stale_pending_seconds: float = Field(default=600.0, gt=0)
     # Runs of one evaluation job (first run included), on either backend.
     evaluation_max_attempts: int = Field(default=3, ge=1)

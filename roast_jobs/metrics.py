@@ -32,6 +32,7 @@ from sqlalchemy import text
 from roast_jobs.broker.sql.health import health_statements
 from roast_jobs.config import get_settings
 from roast_jobs.db.session import transaction
+from roast_jobs.legacy.heartbeat import LiveWorkers, live_workers
 from roast_jobs.rollout.status import RolloutStatus, collect
 
 #: Histogram buckets (seconds): evaluations take seconds to 20 minutes; pickup should take
@@ -102,7 +103,7 @@ class QueueDepth:
 
 
 class JobMetrics:
-    """A collector: every figure from one status snapshot and two more queries."""
+    """A collector: every figure from one status snapshot and three more queries."""
 
     def __init__(self, url: str | None = None, broker_schema: str | None = None) -> None:
         self.url = url
@@ -133,11 +134,17 @@ class JobMetrics:
                 queues = [QueueDepth(*row) for row in conn.exec_driver_sql(sql.queue_depths)]
         return status, jobs, queues
 
+    def read_legacy_workers(self) -> LiveWorkers:
+        fresh = get_settings().legacy_heartbeat_stale_seconds
+        with transaction(self.url) as session:
+            return live_workers(session, fresh)
+
     def collect(self) -> Iterator[Metric]:
         status, totals, queues = self.read()
         yield from _job_metrics(status, totals)
         yield from _queue_metrics(queues)
         yield from _rollout_metrics(status)
+        yield from _legacy_worker_metrics(self.read_legacy_workers())
 
     def describe(self) -> list[Metric]:
         return []  # no fixed set up front: the registry must not scrape at registration
@@ -239,6 +246,23 @@ def _rollout_metrics(status: RolloutStatus) -> Iterator[Metric]:
     )
     remaining.add_metric([], status.migration.remaining)
     yield remaining
+
+
+def _legacy_worker_metrics(workers: LiveWorkers) -> Iterator[Metric]:
+    live = GaugeMetricFamily(
+        "roast_jobs_legacy_workers", "Legacy workers whose heartbeat is fresh."
+    )
+    live.add_metric([], workers.live)
+    running = GaugeMetricFamily(
+        "roast_jobs_legacy_worker_running_jobs",
+        "Jobs the live legacy workers run now (one child process each).",
+    )
+    running.add_metric([], workers.running)
+    slots = GaugeMetricFamily(
+        "roast_jobs_legacy_worker_slots", "Jobs the live legacy workers may run at once."
+    )
+    slots.add_metric([], workers.slots)
+    yield from (live, running, slots)
 
 
 def registry(url: str | None = None) -> CollectorRegistry:

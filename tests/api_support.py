@@ -3,6 +3,8 @@ with API keys made by the CLI (alice and bob, plain users; admin, an admin)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -75,3 +77,30 @@ def make_people(url: str) -> dict[str, Any]:
 
 def auth(who: dict[str, Any]) -> dict[str, str]:
     return {"Authorization": f"Bearer {who['key']}"}
+
+
+def mcp_calls(url: str, *calls: tuple[str, dict[str, Any]]) -> tuple[set[str], list[Any]]:
+    """The server's tool names, and each call's (is_error, JSON answer or error text), from
+    one `roast-jobs mcp` process driven by the SDK's stdio client."""
+    from mcp import ClientSession, StdioServerParameters
+    from mcp.client.stdio import stdio_client
+
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "roast_jobs.cli", "mcp"],
+        env={**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(REPO)},
+        cwd=str(REPO),
+    )
+
+    async def run() -> tuple[set[str], list[Any]]:
+        async with stdio_client(params) as (read, write), ClientSession(read, write) as s:
+            await s.initialize()
+            names = {t.name for t in (await s.list_tools()).tools}
+            answers = []
+            for tool, args in calls:
+                result = await s.call_tool(tool, args)
+                body = result.content[0].text if result.content else ""  # type: ignore[union-attr]
+                answers.append((result.isError, body if result.isError else json.loads(body)))
+            return names, answers
+
+    return asyncio.run(asyncio.wait_for(run(), 120))

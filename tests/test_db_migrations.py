@@ -50,7 +50,7 @@ from tests.domain_support import fresh_database
 
 FIXTURE = Path(__file__).parent / "fixtures" / "legacy_prisma_schema.sql"
 ROAST_JOBS = Path(sys.executable).with_name("roast-jobs")
-NEW_TABLES = {"JobMigrationStatus", "FeatureFlag", "FeatureFlagChange", "ApiKey"}
+NEW_TABLES = {"JobMigrationStatus", "FeatureFlag", "FeatureFlagChange", "ApiKey", "WorkerHeartbeat"}
 ROASTMYPOST_TABLES = set(Base.metadata.tables) - NEW_TABLES
 
 # Indexes of Prisma's the models leave out: those on its search columns (not in the models),
@@ -220,7 +220,7 @@ def test_empty_database_gets_every_table_at_head() -> None:
         migrate.upgrade(url)
 
         assert tables(url) == set(Base.metadata.tables) | {"alembic_version"}
-        assert migrate.current(url) == migrate.head() == "0003"
+        assert migrate.current(url) == migrate.head() == "0004"
         assert catalog(url)["enums"] == {
             "JobStatus": ["PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED"],
             "UserRole": ["USER", "ADMIN"],
@@ -555,7 +555,7 @@ def test_cli_db_upgrade_and_current() -> None:
         done = roast_jobs(url, "upgrade")
         assert done.returncode == 0, done.stderr
         lines = done.stdout.splitlines()
-        assert lines[0] == "database at revision 0003 (was: none)"
+        assert lines[0] == "database at revision 0004 (was: none)"
         assert "broker schema" in lines[1] and lines[1].endswith("are ready")
         schemas = [os.environ["ROAST_JOBS_BROKER_SCHEMA"], os.environ["ROAST_JOBS_RESULT_SCHEMA"]]
         found = query(
@@ -564,10 +564,10 @@ def test_cli_db_upgrade_and_current() -> None:
         assert {name for (name,) in found} == set(schemas)
 
         done = roast_jobs(url, "current")
-        assert (done.returncode, done.stdout) == (0, "0003\n"), done.stderr
+        assert (done.returncode, done.stdout) == (0, "0004\n"), done.stderr
         done = roast_jobs(url, "upgrade")
         assert done.returncode == 0, done.stderr
-        assert done.stdout.splitlines()[0] == "database at revision 0003 (was: 0003)"
+        assert done.stdout.splitlines()[0] == "database at revision 0004 (was: 0004)"
 
 
 def test_cli_db_upgrade_reports_an_unreachable_database_in_one_line() -> None:

@@ -3,10 +3,6 @@ on a real database, their answers checked against it, and refusals that write no
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
-import sys
 from typing import Any
 
 import psycopg
@@ -15,8 +11,8 @@ import pytest
 from roast_jobs.db.session import transaction
 from roast_jobs.domain import sample_data
 from roast_jobs.service.job_service import JobService
+from tests.api_support import mcp_calls
 from tests.domain_support import fetch, rollout
-from tests.workers import REPO
 
 TOOLS = {
     "get_job_queue_status",
@@ -26,33 +22,6 @@ TOOLS = {
     "import_article",
     "rerun_evaluation",
 }
-
-
-def mcp_calls(url: str, *calls: tuple[str, dict[str, Any]]) -> tuple[set[str], list[Any]]:
-    """The server's tool names, and each call's (is_error, JSON answer or error text), from
-    one `roast-jobs mcp` process driven by the SDK's stdio client."""
-    from mcp import ClientSession, StdioServerParameters
-    from mcp.client.stdio import stdio_client
-
-    params = StdioServerParameters(
-        command=sys.executable,
-        args=["-m", "roast_jobs.cli", "mcp"],
-        env={**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(REPO)},
-        cwd=str(REPO),
-    )
-
-    async def run() -> tuple[set[str], list[Any]]:
-        async with stdio_client(params) as (read, write), ClientSession(read, write) as s:
-            await s.initialize()
-            names = {t.name for t in (await s.list_tools()).tools}
-            answers = []
-            for tool, args in calls:
-                result = await s.call_tool(tool, args)
-                body = result.content[0].text if result.content else ""  # type: ignore[union-attr]
-                answers.append((result.isError, body if result.isError else json.loads(body)))
-            return names, answers
-
-    return asyncio.run(asyncio.wait_for(run(), 120))
 
 
 @pytest.fixture(scope="module")

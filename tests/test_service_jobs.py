@@ -439,3 +439,25 @@ def test_the_services_celery_app_leaves_the_current_app_alone(app_db: str) -> No
         assert current_app._get_current_object() is mine
     finally:
         svc.close()
+
+
+def test_threads_asking_at_once_share_one_app_and_one_manager(app_db: str) -> None:
+    """The API's threads reach a fresh service at the same moment: one Celery app and one
+    job manager (with its connections and listener) come of it, not one per thread."""
+    svc = JobService(app_db)
+    start = threading.Barrier(8)
+    seen: list[tuple[int, int]] = []
+
+    def ask() -> None:
+        start.wait()
+        seen.append((id(svc.app), id(svc.manager)))
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        assert len(seen) == 8 and len(set(seen)) == 1, seen
+    finally:
+        svc.close()

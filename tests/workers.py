@@ -132,15 +132,19 @@ class CeleryWorker:
 
 @contextlib.contextmanager
 def both_backends(
-    env: dict[str, str], name: str, celery_concurrency: int, legacy_max_workers: int
+    env: dict[str, str],
+    name: str,
+    celery_concurrency: int,
+    legacy_max_workers: int,
+    queues: str = "evaluation",
 ) -> Iterator[CeleryWorker]:
-    """A Celery worker on the ``evaluation`` queue and a legacy worker, side by side on
-    ``env``'s database, as during a rollout; both stopped at the end."""
+    """A Celery worker on ``queues`` and a legacy worker, side by side on ``env``'s
+    database, as during a rollout; both stopped at the end."""
     celery = CeleryWorker(
         name,
         app="roast_jobs.tasks.worker",
         concurrency=celery_concurrency,
-        args=["-Q", "evaluation"],
+        args=["-Q", queues],
         env=env,
     )
     command = ["roast_jobs.cli", "legacy-worker", "--max-workers"]

@@ -500,3 +500,23 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = _created()
     last_used_at: Mapped[datetime | None] = mapped_column("lastUsedAt", Timestamp)
     revoked_at: Mapped[datetime | None] = mapped_column("revokedAt", Timestamp)
+
+
+class WorkerHeartbeat(Base):
+    """A live worker process (migration 0004); written by ``legacy.heartbeat``."""
+
+    __tablename__ = "WorkerHeartbeat"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)  # hostname:pid:random
+    kind: Mapped[str] = mapped_column(Text, nullable=False)  # legacy
+    hostname: Mapped[str] = mapped_column(Text, nullable=False)
+    pid: Mapped[int] = mapped_column(Integer, nullable=False)
+    started_at: Mapped[datetime] = mapped_column(
+        "startedAt", Timestamp, server_default=NOW, nullable=False
+    )
+    beat_at: Mapped[datetime] = mapped_column(
+        "beatAt", Timestamp, server_default=NOW, nullable=False
+    )
+    slots: Mapped[int] = mapped_column(Integer, nullable=False)  # max children
+    running: Mapped[int] = mapped_column(Integer, nullable=False)  # children now
+    version: Mapped[str] = mapped_column(Text, nullable=False)

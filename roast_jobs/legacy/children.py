@@ -28,14 +28,25 @@ EXIT_FAILED = 1  # the evaluation failed and the child recorded it (repository.f
 EXIT_CRASHED = 2  # something else went wrong; the job may still be RUNNING
 
 
-def child_main(url: str, job_id: str, parent_engine: Engine | None) -> None:
-    """The child's body: run one RUNNING job, record a failure, exit 0/1/2."""
+def child_main(
+    url: str, job_id: str, parent_engine: Engine | None, attempt: int | None = None
+) -> None:
+    """The child's body: run one RUNNING job, record a failure, exit 0/1/2. Everything
+    it logs carries the job's fields (roast_jobs.logs)."""
+    from roast_jobs.logs import job_context
+
+    with job_context(job_id, "evaluation", "legacy", attempt):
+        _run_child(url, job_id, parent_engine)
+
+
+def _run_child(url: str, job_id: str, parent_engine: Engine | None) -> None:
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's handler was inherited
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if parent_engine is not None:
         parent_engine.dispose(close=False)  # its sockets are the parent's, never ours
+    log.info("job %s running in pid %d", job_id, os.getpid())
 
     from roast_jobs.db.session import transaction
     from roast_jobs.domain.evaluator import load_evaluator

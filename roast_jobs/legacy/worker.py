@@ -5,7 +5,9 @@ reap finished children, kill children past their time limit or whose job was can
 record what earlier polls could not (the database was away), sweep stale RUNNING jobs now
 and then, and claim PENDING legacy jobs for the free slots. The parent claims, so it knows
 every child's job: a killed child's job is failed at once instead of staying RUNNING until
-the stale sweep. Idle, a poll is one small UPDATE (the claim that finds nothing).
+the stale sweep. Idle, a poll is one small UPDATE (the claim that finds nothing). Every
+``legacy_heartbeat_seconds`` a poll also upserts the worker's ``"WorkerHeartbeat"`` row
+(``heartbeat``), which health and metrics read; a clean stop deletes it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from roast_jobs.jobs.results import sqlalchemy_url
 
 from . import repository
 from .children import EXIT_COMPLETED, EXIT_FAILED, Child, child_main, signal_group
+from .heartbeat import Heartbeat
 
 log = logging.getLogger("roast_jobs.legacy")
 
@@ -62,6 +65,7 @@ class LegacyWorker:
         kill_grace_seconds: float | None = None,
         stale_check_seconds: float | None = None,
         stale_job_seconds: float | None = None,
+        heartbeat_seconds: float | None = None,
         shutdown_timeout: float = 30.0,
     ) -> None:
         settings = get_settings()
@@ -95,6 +99,10 @@ class LegacyWorker:
                 "application_name": APPLICATION_NAME,  # pg_stat_activity tells who polls
             },
         )
+        beat = heartbeat_seconds or settings.legacy_heartbeat_seconds
+        # Rows stale for 10 beats (and past the health threshold) belong to dead workers.
+        prune_after = max(10 * beat, settings.legacy_heartbeat_stale_seconds)
+        self._heartbeat = Heartbeat(self._engine, self.max_workers, beat, prune_after)
 
     # -- control -------------------------------------------------------------------------
 
@@ -108,6 +116,7 @@ class LegacyWorker:
             self.poll_interval,
         )
         try:
+            self._heartbeat.beat(len(self._children))
             while True:
                 try:
                     self._poll()
@@ -122,6 +131,7 @@ class LegacyWorker:
                     "could not record the failure of jobs %s: the stale sweep will fail them",
                     ", ".join(p.job_id for p in self._pending),
                 )
+            self._heartbeat.remove()  # a clean stop: health must not count us any more
         finally:
             for child in self._children.values():  # only after an unexpected error
                 signal_group(child.pid, signal.SIGKILL)
@@ -160,6 +170,7 @@ class LegacyWorker:
             self._shut_down_children()
         for child in self._children.values():
             child.escalate(self.kill_grace)
+        self._heartbeat.beat(len(self._children))  # never raises; at most every interval
         if not self._record_pending() or self._stopping:
             return  # the database is away, or we are draining: claim nothing
         if time.monotonic() >= self._next_stale_check:
@@ -288,7 +299,7 @@ class LegacyWorker:
     def _start(self, claimed: repository.Claimed, limit: float) -> None:
         process = self._context.Process(
             target=child_main,
-            args=(self.url, claimed.id, self._engine),
+            args=(self.url, claimed.id, self._engine, claimed.attempts),
             name=f"legacy-job-{claimed.id}",
             daemon=False,
         )

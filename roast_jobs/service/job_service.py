@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -133,6 +134,7 @@ class JobService:
         self._app = app
         self.flags = flags or FlagCache(self.url)
         self._manager: JobManager | None = None
+        self._start_lock = threading.RLock()  # app and manager: made once
 
     # -- plumbing --------------------------------------------------------------------
 
@@ -142,15 +144,21 @@ class JobService:
             from roast_jobs.jobs.celery_app import make_celery
 
             settings = get_settings().model_copy(update={"database_url": self.url})
-            # Not the process's current_app: an application embedding the service keeps its
-            # own (its AsyncResult()s and shared tasks must not land on this one's database).
-            self._app = make_celery(settings, main="roast_jobs", set_as_current=False)
+            with self._start_lock:
+                if self._app is None:
+                    # Not the process's current_app: an application embedding the service
+                    # keeps its own (its AsyncResult()s and shared tasks must not land on
+                    # this one's database).
+                    self._app = make_celery(settings, main="roast_jobs", set_as_current=False)
         return self._app
 
     @property
     def manager(self) -> JobManager:
         if self._manager is None:
-            self._manager = JobManager(self.app).start()
+            # Threads of one server ask at once: start one manager, not one each.
+            with self._start_lock:
+                if self._manager is None:
+                    self._manager = JobManager(self.app).start()
         return self._manager
 
     def close(self) -> None:

@@ -11,7 +11,10 @@ import random
 import time
 from typing import Any
 
+from roast_jobs.tasks import worker_logs
 from roast_jobs.tasks.app import make_celery
+
+worker_logs.install()  # JSON logs, job fields, masked secrets (ROAST_JOBS_LOG_FORMAT)
 
 #: Own queue, so demo tasks never reach workers of a real app on the same database.
 QUEUE = "roast_jobs_demo"

@@ -7,6 +7,9 @@ from __future__ import annotations
 from roast_jobs.config import get_settings
 from roast_jobs.jobs.celery_app import make_celery
 from roast_jobs.service.job_service import MAINTENANCE_TASK, QUEUES
+from roast_jobs.tasks import worker_logs
+
+worker_logs.install()  # JSON logs, job fields, masked secrets (ROAST_JOBS_LOG_FORMAT)
 
 app = make_celery(
     main="roast_jobs",
