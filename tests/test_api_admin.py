@@ -469,6 +469,8 @@ def test_dead_letters_list_show_redrive_and_purge(
             ({"ids": [a, 999999]}, 404),
             ({"ids": [d], "queue": one}, 400),
             ({"ids": ["x"]}, 422),
+            ({"ids": [True]}, 422),  # not dead letter 1
+            ({"ids": [str(a)]}, 422),  # a number, not a string of one
         ):
             refused = call(api, "POST", f"/api/admin/dead-letters/{path}", admin, bad)
             assert refused.status_code == status, (path, bad, refused.text)

@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from roast_jobs.db.session import transaction
@@ -15,6 +16,7 @@ from roast_jobs.domain import sample_data
 from roast_jobs.service.job_service import JobService
 from tests.api_support import auth
 from tests.domain_support import fetch, rollout
+from tests.workers import wait_until
 
 COUNTS = {
     "batches": 'SELECT count(*) FROM "AgentEvalBatch"',
@@ -236,6 +238,10 @@ def test_an_import_is_a_job_on_celery_and_inline_on_legacy(
     assert httpx.get(f"{api}{body['statusUrl']}", headers=auth(bob)).status_code == 404
     twice = httpx.post(f"{api}/api/import", json={"url": article}, headers=auth(alice))
     assert twice.status_code == 202 and twice.json() == {**body, "created": False}
+    # Another user's import of the same page is their own job: alice's id is not shown.
+    bobs = httpx.post(f"{api}/api/import", json={"url": article}, headers=auth(bob))
+    assert bobs.status_code == 202 and bobs.json()["created"] is True
+    assert bobs.json()["jobId"] != body["jobId"]
 
     rollout(service, 0)
     before = counts(app_db)
@@ -261,3 +267,52 @@ def test_an_import_is_a_job_on_celery_and_inline_on_legacy(
         assert refused.status_code == code, (bad, refused.text)
         assert refused.json()["error"]
     assert counts(app_db) == after
+
+
+def test_a_retry_and_a_rerun_at_once_make_one_job(
+    api: str, app_db: str, service: JobService, people: dict[str, Any]
+) -> None:
+    """An admin's retry of a failed job and its owner's re-run, four of each at once:
+    the evaluation gets one new job."""
+    rollout(service, 0)
+    alice, admin = people["alice"], people["admin"]
+    for round_ in range(3):
+        [doc] = new_docs(app_db, alice["id"], 1)
+        failed = service.create_evaluation_job(doc, people["agent"])
+        service.cancel_job(failed.id, reason="to retry")
+        calls = [(f"{api}/api/monitor/jobs/{failed.id}/rerun", admin)] * 4 + [
+            (f"{api}/api/docs/{doc}/evals/{people['agent']}/rerun", alice)
+        ] * 4
+        with ThreadPoolExecutor(8) as pool:
+            codes = sorted(pool.map(lambda c: httpx.post(c[0], headers=auth(c[1]), timeout=60)
+                                    .status_code, calls))  # fmt: skip
+        waiting = fetch(app_db, 'SELECT count(*) FROM "Job" WHERE "evaluationId" = %s AND '
+                                "status = 'PENDING'", failed.evaluation_id)  # fmt: skip
+        assert (waiting, len([c for c in codes if c < 300])) == ([(1,)], 1), (round_, codes)
+
+
+def test_many_requests_at_once_hold_one_connection_each(
+    api: str, app_db: str, service: JobService, people: dict[str, Any]
+) -> None:
+    """More requests at once than the API's connection pool holds (5 + 10 overflow), all
+    stopped half-way (the job's tasks locked): each holds one connection at a time, so
+    they finish once the lock goes. A request holding one connection while it waits for
+    a second would starve the pool, and time out with 500s."""
+    rollout(service, 0)
+    alice = people["alice"]
+    job = service.create_evaluation_job(people["alices_doc"], people["agent"]).id
+
+    def get_job() -> int:
+        return httpx.get(f"{api}/api/jobs/{job}", headers=auth(alice), timeout=120).status_code
+
+    waiting = (
+        """SELECT count(*) FROM pg_locks WHERE relation = '"Task"'::regclass AND NOT granted"""
+    )
+    with psycopg.connect(app_db) as locker, ThreadPoolExecutor(40) as pool:
+        locker.execute('LOCK TABLE "Task" IN ACCESS EXCLUSIVE MODE')
+        answers = [pool.submit(get_job) for _ in range(40)]
+        # Every pooled connection is taken by a request stopped at the lock.
+        assert wait_until(lambda: locker.execute(waiting).fetchone() >= (15,), 60)
+        locker.commit()
+        codes = [a.result() for a in answers]
+    assert codes == [200] * 40

@@ -7,12 +7,16 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import Field
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
+from roast_jobs.db.session import transaction
+from roast_jobs.domain import batches
 from roast_jobs.domain.payloads import MAX_BATCH_DOCUMENTS, Id
 from roast_jobs.service import batch_listing
+from roast_jobs.service.api_keys import Caller
 
 from . import owners
-from .deps import Body, PathId, Service, Tx, User, exactly_one
+from .deps import Body, PathId, Service, Tx, Url, User, exactly_one
 
 router = APIRouter(tags=["batches"])
 
@@ -29,7 +33,7 @@ class BatchBody(Body):
     expiresInDays: int | None = Field(default=None, ge=1, le=90)
 
 
-def check_documents(s: Tx, who: User, document_ids: list[str]) -> None:
+def check_documents(s: Session, who: Caller, document_ids: list[str]) -> None:
     """Every listed document must be the caller's (or the caller an admin)."""
     if who.is_admin:
         return
@@ -42,22 +46,33 @@ def check_documents(s: Tx, who: User, document_ids: list[str]) -> None:
         raise HTTPException(404, f"document not found: {', '.join(map(repr, missing[:5]))}")
 
 
+def conflict_message(exc: IntegrityError, tracking_id: str | None) -> str:
+    """What a unique or foreign key violation at insert time means to the caller."""
+    constraint = getattr(getattr(exc.orig, "diag", None), "constraint_name", None) or ""
+    if "trackingId" in constraint:  # the same trackingId, by a request at the same time
+        return f"trackingId {tracking_id!r} is already used"
+    first = (str(exc.orig).strip().splitlines() or ["conflict"])[0]
+    return f"conflicts with a change made at the same time: {first}"
+
+
 @router.post("/api/batches", status_code=201)
-def create_batch(body: BatchBody, who: User, s: Tx, service: Service) -> dict[str, Any]:
+def create_batch(body: BatchBody, who: User, url: Url, service: Service) -> dict[str, Any]:
     """A batch of evaluations by one of the caller's agents: ``targetCount`` (1-100) jobs
     over documents the agent evaluated before, or one job per listed document (the
     caller's)."""
     exactly_one("targetCount and documentIds", body.targetCount, body.documentIds)
-    owners.check_agent(s, who, body.agentId)
-    if body.documentIds is not None:
-        check_documents(s, who, body.documentIds)
-    if body.trackingId is not None:
-        taken = s.execute(
-            text('SELECT 1 FROM "AgentEvalBatch" WHERE "userId" = :u AND "trackingId" = :t'),
-            {"u": who.user_id, "t": body.trackingId},
-        ).first()
-        if taken:
-            raise HTTPException(409, f"trackingId {body.trackingId!r} is already used")
+    # Checks in a transaction of their own, ended before the service opens its own.
+    with transaction(url) as s:
+        owners.check_agent(s, who, body.agentId)
+        if body.documentIds is not None:
+            check_documents(s, who, body.documentIds)
+        if body.trackingId is not None:
+            taken = s.execute(
+                text('SELECT 1 FROM "AgentEvalBatch" WHERE "userId" = :u AND "trackingId" = :t'),
+                {"u": who.user_id, "t": body.trackingId},
+            ).first()
+            if taken:
+                raise HTTPException(409, f"trackingId {body.trackingId!r} is already used")
     try:
         created = service.create_batch_jobs(
             body.agentId,
@@ -69,12 +84,13 @@ def create_batch(body: BatchBody, who: User, s: Tx, service: Service) -> dict[st
             description=body.description,
             expires_in_days=body.expiresInDays,
         )
-    except IntegrityError:  # the same trackingId, by a request at the same time
-        raise HTTPException(409, f"trackingId {body.trackingId!r} is already used") from None
-    row = s.execute(
-        text('SELECT "createdAt", "expiresAt" FROM "AgentEvalBatch" WHERE id = :id'),
-        {"id": created.id},
-    ).first()
+    except IntegrityError as exc:
+        raise HTTPException(409, conflict_message(exc, body.trackingId)) from None
+    with transaction(url) as s:
+        row = s.execute(
+            text('SELECT "createdAt", "expiresAt" FROM "AgentEvalBatch" WHERE id = :id'),
+            {"id": created.id},
+        ).first()
     return {
         "batch": {
             "id": created.id,
@@ -111,11 +127,13 @@ def list_batches(
 
 
 @router.get("/api/batches/{batch_id}")
-def get_batch(batch_id: PathId, who: User, s: Tx, service: Service) -> dict[str, Any]:
+def get_batch(batch_id: PathId, who: User, s: Tx) -> dict[str, Any]:
     """A batch's progress (completed of planned, in percent), its jobs' counts by status
     and backend, and its jobs (first 1000)."""
     owners.check_batch(s, who, batch_id)
-    progress = service.batch_progress(batch_id)
+    progress = batches.progress(s, batch_id)
+    if progress is None:
+        raise HTTPException(404, f"batch {batch_id!r} not found")
     stats = {
         k: getattr(progress, k)
         for k in ("total", "completed", "failed", "running", "pending", "cancelled")

@@ -45,13 +45,6 @@ def database_url(ctx: Annotated[ApiContext, Depends(context)]) -> str:
     return ctx.url
 
 
-def session(ctx: Annotated[ApiContext, Depends(context)]) -> Iterator[Session]:
-    """A transaction for the request: committed when the route returns, rolled back when
-    it raises (so a refused request writes nothing)."""
-    with transaction(ctx.url) as s:
-        yield s
-
-
 def caller(
     ctx: Annotated[ApiContext, Depends(context)],
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -66,6 +59,17 @@ def caller(
             headers={"WWW-Authenticate": "Bearer"},
         )  # fmt: skip
     return found
+
+
+def session(
+    ctx: Annotated[ApiContext, Depends(context)],
+    _who: Annotated[Caller, Depends(caller)],
+) -> Iterator[Session]:
+    """A transaction for the request: committed when the route returns, rolled back when
+    it raises (so a refused request writes nothing). Opened after the key is checked
+    (whose own connection is back in the pool by then): one connection per request."""
+    with transaction(ctx.url) as s:
+        yield s
 
 
 def admin(who: Annotated[Caller, Depends(caller)]) -> Caller:
@@ -99,35 +103,49 @@ class Body(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _no_guessing(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        for name, field in cls.model_fields.items():
-            value = data.get(name)
-            kinds = _kinds(field.annotation)
-            if value is None or type(value) in kinds:
-                continue
-            if bool in kinds and not isinstance(value, bool):
-                raise ValueError(f"{name}: must be true or false")
-            if int in kinds and (
-                isinstance(value, (bool, str))
-                or (isinstance(value, float) and not value.is_integer())
-            ):
-                raise ValueError(f"{name}: must be a whole number")
+        if isinstance(data, dict):
+            for name, field in cls.model_fields.items():
+                _check_kind(name, data.get(name), field.annotation)
         return data
 
 
-def _kinds(annotation: Any) -> set[type]:
-    """The plain types an annotation admits (``int | None`` -> {int, NoneType})."""
+def _check_kind(name: str, value: Any, annotation: Any) -> None:
+    """Refuse the coercions pydantic's lax mode would make; list items too."""
+    if value is None:
+        return
+    kinds, items = _kinds(annotation)
+    if isinstance(value, list):
+        for item in value:
+            for inner in items:
+                _check_kind(f"{name}[]", item, inner)
+        return
+    if type(value) in kinds:
+        return
+    if bool in kinds and not isinstance(value, bool):
+        raise ValueError(f"{name}: must be true or false")
+    if int in kinds and (
+        isinstance(value, (bool, str)) or (isinstance(value, float) and not value.is_integer())
+    ):
+        raise ValueError(f"{name}: must be a whole number")
+
+
+def _kinds(annotation: Any) -> tuple[set[type], list[Any]]:
+    """The plain types an annotation admits (``int | None`` -> {int, NoneType}), and the
+    item annotations of the lists it admits."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _kinds(get_args(annotation)[0])
+    if origin is list:
+        return {list}, list(get_args(annotation)[:1])
     if isinstance(annotation, type):
-        return {annotation}
-    out: set[type] = set()
+        return {annotation}, []
+    kinds: set[type] = set()
+    items: list[Any] = []
     for arg in get_args(annotation):
-        if get_origin(arg) is Annotated:
-            arg = get_args(arg)[0]
-        out |= _kinds(arg)
-    if get_origin(annotation) is Annotated:
-        out |= _kinds(get_args(annotation)[0])
-    return out
+        more, inner = _kinds(arg)
+        kinds |= more
+        items += inner
+    return kinds, items
 
 
 def exactly_one(what: str, *given: object) -> None:

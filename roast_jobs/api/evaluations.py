@@ -8,12 +8,13 @@ from fastapi import APIRouter, HTTPException
 from pydantic import Field
 from sqlalchemy import text
 
+from roast_jobs.db.session import transaction
 from roast_jobs.domain.payloads import MAX_BATCH_DOCUMENTS, MAX_IMPORT_AGENTS, Id
 from roast_jobs.service.evaluation_requests import current_evaluation, request_evaluation
 
 from . import owners
 from .batches import Name
-from .deps import Body, PathId, Service, Tx, User, exactly_one
+from .deps import Body, PathId, Service, Tx, Url, User, exactly_one
 
 router = APIRouter(tags=["evaluations"])
 
@@ -41,24 +42,24 @@ SELECT d FROM unnest(CAST(:docs AS text[])) d
 
 @router.post("/api/evaluators/{agent_id}/eval-batch", status_code=201)
 def eval_batch(
-    agent_id: PathId, body: EvalBatchBody, who: User, s: Tx, service: Service
+    agent_id: PathId, body: EvalBatchBody, who: User, url: Url, service: Service
 ) -> dict[str, Any]:
     """A batch by the caller's agent: ``targetCount`` jobs over documents it already
     evaluated (sampled, repeated to reach the count), or one job per listed document,
     each of which must already have an evaluation by this agent (the legacy rule)."""
     exactly_one("targetCount and documentIds", body.targetCount, body.documentIds)
-    owners.check_agent(s, who, agent_id)
-    if body.documentIds is not None:
-        missing = list(
-            s.execute(
-                text(_WITHOUT_EVALUATION), {"docs": body.documentIds, "agent": agent_id}
-            ).scalars()
-        )
-        if missing:
-            shown = ", ".join(map(repr, missing[:5]))
-            raise HTTPException(
-                400, f"documents without an evaluation by agent {agent_id!r}: {shown}"
+    with transaction(url) as s:  # ended before the service opens its own
+        owners.check_agent(s, who, agent_id)
+        missing = []
+        if body.documentIds is not None:
+            missing = list(
+                s.execute(
+                    text(_WITHOUT_EVALUATION), {"docs": body.documentIds, "agent": agent_id}
+                ).scalars()
             )
+    if missing:
+        shown = ", ".join(map(repr, missing[:5]))
+        raise HTTPException(400, f"documents without an evaluation by agent {agent_id!r}: {shown}")
     created = service.create_batch_jobs(
         agent_id,
         target_count=body.targetCount,
@@ -66,10 +67,11 @@ def eval_batch(
         name=body.name,
         user_id=who.user_id,
     )
-    made = s.execute(
-        text('SELECT "createdAt", "targetCount" FROM "AgentEvalBatch" WHERE id = :id'),
-        {"id": created.id},
-    ).first()
+    with transaction(url) as s:
+        made = s.execute(
+            text('SELECT "createdAt", "targetCount" FROM "AgentEvalBatch" WHERE id = :id'),
+            {"id": created.id},
+        ).first()
     return {
         "batch": {
             "id": created.id,
@@ -104,7 +106,7 @@ def evaluate_document(
             {"d": document_id, "a": agents},
         ).scalars()
     )
-    jobs = service.create_evaluation_jobs(document_id, agents)
+    jobs = service.create_evaluation_jobs(document_id, agents, session=s)  # one transaction
     out = [
         {
             "agentId": j.agent_id,

@@ -46,6 +46,20 @@ SELECT e.id, e."documentId", e."agentId", e."createdAt",
 """
 
 
+def lock_evaluation(session: Session, evaluation_id: str) -> None:
+    """Take the (document, agent) lock of an existing evaluation."""
+    pair = (
+        session.execute(
+            text('SELECT "documentId" AS doc, "agentId" AS agent FROM "Evaluation" WHERE id = :id'),
+            {"id": evaluation_id},
+        )
+        .mappings()
+        .first()
+    )
+    if pair is not None:
+        session.execute(text(_LOCK), dict(pair))
+
+
 def request_evaluation(
     service: JobService,
     session: Session,

@@ -40,6 +40,7 @@ from roast_jobs.domain.runner import time_limit_for, time_limit_of_evaluation
 from roast_jobs.jobs import JobManager, TaskCall, enqueue_in
 from roast_jobs.jobs.errors import JobError
 
+from .evaluation_requests import lock_evaluation
 from .flags import FlagCache, Flags
 from .outcomes import (
     CreatedBatch,
@@ -384,7 +385,12 @@ class JobService:
                 )
             batch_id = batch.id
         # Celery is off: no worker to count on, so fan out here, chunk by chunk.
-        self.fan_out(batch_id)
+        try:
+            self.fan_out(batch_id)
+        except SystemPaused:
+            # The batch is committed; a pause opened meanwhile stopped the fan-out between
+            # chunks. Maintenance finishes it once the pause ends (fan_out is idempotent).
+            return CreatedBatch(batch_id, agent_id, len(plan), "paused", document_ids=plan)
         return CreatedBatch(batch_id, agent_id, len(plan), "chunks", document_ids=plan)
 
     @classmethod
@@ -446,7 +452,7 @@ class JobService:
         submitted_by_id: str | None = None,
     ) -> CreatedImport:
         """Import the article at ``url`` and queue evaluations by ``agent_ids``. On Celery
-        one ``import`` task per URL is in flight at a time (singleton key); with Celery
+        one ``import`` task per (user, URL) is in flight at a time (singleton key); with Celery
         off for this URL it runs here, as the legacy request did."""
         payload = parse(
             ImportPayload,
@@ -465,7 +471,9 @@ class JobService:
                     payload.model_dump(),
                     into=session,
                     queue=QUEUES[IMPORT_TASK],
-                    singleton_key=f"import:{payload.url}",
+                    # Per user: another user's import of the same page is theirs, with
+                    # their agents, and its id is not ours to see.
+                    singleton_key=f"import:{payload.submitted_by_id or '-'}:{payload.url}",
                 )
                 return CreatedImport("celery", str(task_id), task_id.created)
         from .imports import run_import
@@ -532,6 +540,9 @@ class JobService:
             job = job_records.lock(session, job_id)
             if JobStatus(job.status) not in (JobStatus.FAILED, JobStatus.CANCELLED):
                 raise job_records.InvalidJobState(job_id, JobStatus(job.status), "retry")
+            # The evaluation's lock, as a re-run through the API takes it: a retry and a
+            # re-run at once cannot both pass the "nothing waiting" check below.
+            lock_evaluation(session, job.evaluation_id)
             busy = session.execute(
                 text(
                     'SELECT id FROM "Job" WHERE "evaluationId" = :ev AND status = ANY(:st) LIMIT 1'
