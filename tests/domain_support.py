@@ -59,3 +59,14 @@ def rollout(service: Any, percent: int) -> None:
 def fetch(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
     with psycopg.connect(url) as conn:
         return conn.execute(sql, params).fetchall()
+
+
+def user_with_agent(url: str) -> dict[str, str]:
+    """A user and an agent of theirs: ``{"user", "agent"}``."""
+    from roast_jobs.db.session import transaction
+    from roast_jobs.domain import sample_data
+
+    with transaction(url) as s:
+        user = sample_data.create_user(s)
+        agent = sample_data.create_agent(s, user)
+    return {"user": user, "agent": agent}

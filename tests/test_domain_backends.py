@@ -16,7 +16,7 @@ import pytest
 from roast_jobs.db.session import transaction
 from roast_jobs.domain import sample_data
 from roast_jobs.service.job_service import JobService
-from tests.domain_support import fetch, rollout
+from tests.domain_support import fetch, rollout, user_with_agent
 from tests.workers import REPO, both_backends, wait_until
 
 EVALUATOR = "tests.apps.scripted_evaluator:ScriptedEvaluator"
@@ -41,10 +41,7 @@ def workers(env: dict[str, str], service: JobService) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def people(app_db: str) -> dict[str, str]:
-    with transaction(app_db) as s:
-        user = sample_data.create_user(s)
-        agent = sample_data.create_agent(s, user)
-    return {"user": user, "agent": agent}
+    return user_with_agent(app_db)
 
 
 def status(url: str, job_id: str) -> str:

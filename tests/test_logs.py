@@ -31,7 +31,7 @@ from roast_jobs.logs import (
 )
 from roast_jobs.service.job_service import EVALUATION_TASK, JobService
 from tests.api_support import serve_api
-from tests.domain_support import fetch, rollout
+from tests.domain_support import fetch, rollout, user_with_agent
 from tests.workers import REPO, CeleryWorker, stop_process, wait_until
 
 PASSWORD = "s3cret-pw"
@@ -79,10 +79,7 @@ def wait_completed(url: str, job_id: str, timeout: float = 90) -> None:
 
 @pytest.fixture(scope="module")
 def people(app_db: str) -> dict[str, str]:
-    with transaction(app_db) as s:
-        user = sample_data.create_user(s)
-        agent = sample_data.create_agent(s, user)
-    return {"user": user, "agent": agent}
+    return user_with_agent(app_db)
 
 
 def new_document(url: str, user: str, title: str) -> str:

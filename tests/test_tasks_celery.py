@@ -22,6 +22,7 @@ from roast_jobs.domain import job_records, sample_data
 from roast_jobs.service import flags
 from roast_jobs.service.job_service import EVALUATION_TASK, JobService
 from tests.apps.scripted_evaluator import calls
+from tests.domain_support import user_with_agent
 from tests.workers import CeleryWorker, wait_until
 
 ARTICLE = b"""<!doctype html><html><head><title>On Calibration | Blog</title>
@@ -130,10 +131,7 @@ def worker(app_db: str, state_dir: Path, service: JobService) -> Iterator[Celery
 
 @pytest.fixture(scope="module")
 def people(app_db: str) -> dict[str, str]:
-    with transaction(app_db) as s:
-        user = sample_data.create_user(s)
-        agent = sample_data.create_agent(s, user)
-    return {"user": user, "agent": agent}
+    return user_with_agent(app_db)
 
 
 def document(url: str, user: str, title: str, content: str | None = None) -> str:

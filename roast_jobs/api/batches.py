@@ -14,6 +14,7 @@ from roast_jobs.domain import batches
 from roast_jobs.domain.payloads import MAX_BATCH_DOCUMENTS, Id
 from roast_jobs.service import batch_listing
 from roast_jobs.service.api_keys import Caller
+from roast_jobs.service.outcomes import CreatedBatch
 
 from . import owners
 from .deps import Body, PathId, Service, Tx, Url, User, exactly_one
@@ -44,6 +45,14 @@ def check_documents(s: Session, who: Caller, document_ids: list[str]) -> None:
     missing = sorted(set(document_ids) - set(theirs))
     if missing:
         raise HTTPException(404, f"document not found: {', '.join(map(repr, missing[:5]))}")
+
+
+def job_rows(created: CreatedBatch) -> list[dict[str, Any]]:
+    """The jobs a batch made in its own transaction (none yet when fanned out later)."""
+    return [
+        {"id": j.id, "documentId": j.document_id, "status": "PENDING", "backend": j.backend}
+        for j in created.jobs
+    ]
 
 
 def conflict_message(exc: IntegrityError, tracking_id: str | None) -> str:
@@ -86,11 +95,6 @@ def create_batch(body: BatchBody, who: User, url: Url, service: Service) -> dict
         )
     except IntegrityError as exc:
         raise HTTPException(409, conflict_message(exc, body.trackingId)) from None
-    with transaction(url) as s:
-        row = s.execute(
-            text('SELECT "createdAt", "expiresAt" FROM "AgentEvalBatch" WHERE id = :id'),
-            {"id": created.id},
-        ).first()
     return {
         "batch": {
             "id": created.id,
@@ -98,17 +102,14 @@ def create_batch(body: BatchBody, who: User, url: Url, service: Service) -> dict
             "agentId": created.agent_id,
             "trackingId": body.trackingId,
             "trackingUrl": f"/api/batches/{created.id}",
-            "createdAt": row[0] if row else None,
-            "expiresAt": row[1] if row else None,
+            "createdAt": created.created_at,
+            "expiresAt": created.expires_at,
             "isEphemeral": False,
             "jobCount": created.job_count,
             "fanOut": created.fan_out,
         },
         "agent": {"id": created.agent_id, "isEphemeral": False},
-        "jobs": [
-            {"id": j.id, "documentId": j.document_id, "status": "PENDING", "backend": j.backend}
-            for j in created.jobs
-        ],
+        "jobs": job_rows(created),
     }
 
 

@@ -13,7 +13,7 @@ from roast_jobs.domain.payloads import MAX_BATCH_DOCUMENTS, MAX_IMPORT_AGENTS, I
 from roast_jobs.service.evaluation_requests import current_evaluation, request_evaluation
 
 from . import owners
-from .batches import Name
+from .batches import Name, job_rows
 from .deps import Body, PathId, Service, Tx, Url, User, exactly_one
 
 router = APIRouter(tags=["evaluations"])
@@ -67,26 +67,18 @@ def eval_batch(
         name=body.name,
         user_id=who.user_id,
     )
-    with transaction(url) as s:
-        made = s.execute(
-            text('SELECT "createdAt", "targetCount" FROM "AgentEvalBatch" WHERE id = :id'),
-            {"id": created.id},
-        ).first()
     return {
         "batch": {
             "id": created.id,
             "name": body.name,
             "agentId": agent_id,
-            "createdAt": made[0] if made else None,
-            "targetCount": made[1] if made else None,
+            "createdAt": created.created_at,
+            "targetCount": created.target_count,
             "documentIds": created.document_ids,
             "jobCount": created.job_count,
             "fanOut": created.fan_out,
         },
-        "jobs": [
-            {"id": j.id, "documentId": j.document_id, "status": "PENDING", "backend": j.backend}
-            for j in created.jobs
-        ],
+        "jobs": job_rows(created),
     }
 
 

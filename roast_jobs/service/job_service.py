@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from celery import Celery
@@ -361,17 +362,22 @@ class JobService:
             )
             session.add(batch)
             session.flush()
+            session.refresh(batch)  # createdAt: the database's clock
+            made = partial(
+                CreatedBatch,
+                id=batch.id,
+                agent_id=agent_id,
+                job_count=len(plan),
+                document_ids=plan,
+                created_at=batch.created_at,
+                expires_at=batch.expires_at,
+                target_count=batch.target_count,
+            )
             if len(plan) <= settings.batch_inline_max:
                 jobs = self._batch_jobs(flags, batch.id, plan, evaluations, 0, len(plan))
                 self._insert_jobs(session, jobs)
-                return CreatedBatch(
-                    id=batch.id,
-                    agent_id=agent_id,
-                    job_count=len(plan),
-                    fan_out="inline",
-                    jobs=[self._created(j, plan[i], agent_id) for i, j in enumerate(jobs)],
-                    document_ids=plan,
-                )
+                created = [self._created(j, plan[i], agent_id) for i, j in enumerate(jobs)]
+                return made(fan_out="inline", jobs=created)
             if flags.use_celery and flags.rollout_percent > 0:
                 task_id = self.manager.send(
                     BATCH_TASK,
@@ -380,9 +386,7 @@ class JobService:
                     queue=QUEUES[BATCH_TASK],
                     singleton_key=f"batch:{batch.id}",
                 )
-                return CreatedBatch(
-                    batch.id, agent_id, len(plan), "task", str(task_id), document_ids=plan
-                )
+                return made(fan_out="task", task_id=str(task_id))
             batch_id = batch.id
         # Celery is off: no worker to count on, so fan out here, chunk by chunk.
         try:
@@ -390,8 +394,8 @@ class JobService:
         except SystemPaused:
             # The batch is committed; a pause opened meanwhile stopped the fan-out between
             # chunks. Maintenance finishes it once the pause ends (fan_out is idempotent).
-            return CreatedBatch(batch_id, agent_id, len(plan), "paused", document_ids=plan)
-        return CreatedBatch(batch_id, agent_id, len(plan), "chunks", document_ids=plan)
+            return made(fan_out="paused")
+        return made(fan_out="chunks")
 
     @classmethod
     def _batch_jobs(

@@ -4,6 +4,7 @@ errors of requests it will not carry out."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 from roast_jobs.db.models import JobStatus
@@ -47,6 +48,9 @@ class CreatedBatch:
     task_id: str | None = None
     jobs: list[CreatedJob] = field(default_factory=list)
     document_ids: list[str] = field(default_factory=list)
+    created_at: datetime | None = None
+    expires_at: datetime | None = None
+    target_count: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
