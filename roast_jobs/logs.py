@@ -112,11 +112,31 @@ def job_context(
 # -- filters and the formatter -----------------------------------------------------------
 
 
+def job_fields(job_id: str, task: str, backend: str, attempt: int | None = None) -> dict[str, Any]:
+    """``extra=`` for one line about a job logged outside its ``job_context``."""
+    return asdict(JobContext(job_id, task, backend, attempt))
+
+
+# The RoastMyPost job id in the repr of a task's kwargs ({'job_id': '...', ...}).
+_JOB_ID_IN_KWARGS = re.compile(r"""['"]job_id['"]:\s*['"]([A-Za-z0-9_-]+)['"]""")
+
+
+def _celery_request(record: logging.LogRecord) -> JobContext | None:
+    """Celery's lines about a task outside its run (received, revoked, a lost worker:
+    the worker's main process) carry the request as ``extra={"data": ...}``."""
+    data = getattr(record, "data", None)
+    if not isinstance(data, dict) or not data.get("id") or not data.get("name"):
+        return None
+    found = _JOB_ID_IN_KWARGS.search(str(data.get("kwargs") or ""))
+    return JobContext(found.group(1) if found else str(data["id"]), str(data["name"]), "celery")
+
+
 class JobContextFilter(logging.Filter):
-    """Copies the current job's fields onto the record (fields given with ``extra=`` win)."""
+    """Copies the current job's fields onto the record (fields given with ``extra=`` win);
+    outside a job, those of the Celery request a line is about."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        job = _job.get()
+        job = _job.get() or _celery_request(record)
         if job is not None:
             for name, value in asdict(job).items():
                 if not hasattr(record, name):

@@ -141,6 +141,14 @@ def test_a_celery_worker_writes_json_lines_with_each_jobs_fields(
         # Celery's own line for the run is logged while it runs too.
         [succeeded] = [r for r in records if f"[{job.broker_job_id}] succeeded" in r["message"]]
         assert job_fields(succeeded) == (job.id, EVALUATION_TASK, "celery", attempts[-1])
+        # "received" comes from the main process, before any run: no attempt yet.
+        received = [r for r in records if f"[{job.broker_job_id}] received" in r["message"]]
+        assert len(received) == len(attempts)
+        assert {job_fields(r) for r in received} == {(job.id, EVALUATION_TASK, "celery", None)}
+        # "received" comes from the main process, before any run: no attempt yet.
+        received = [r for r in records if f"[{job.broker_job_id}] received" in r["message"]]
+        assert len(received) == len(attempts)
+        assert {job_fields(r) for r in received} == {(job.id, EVALUATION_TASK, "celery", None)}
     [ready] = [r for r in records if r["message"].endswith(" ready.")]
     assert "job_id" not in ready, "no job, no job fields"
 
@@ -185,6 +193,12 @@ def test_b_legacy_worker_writes_json_lines_with_each_jobs_fields(
         loggers = {r["logger"] for r in mine}
         assert {"tests.logging_evaluator", "roast_jobs.legacy"} <= loggers, mine
         assert {job_fields(r) for r in mine} == {(job_id, "evaluation", "legacy", attempt)}
+        # The poller's own lines about the job carry it too.
+        assert any(r["message"].startswith(f"job {job_id} started") for r in mine)
+        assert any(r["message"].startswith(f"job {job_id} ended") for r in mine)
+        # The poller's own lines about the job carry it too.
+        assert any(r["message"].startswith(f"job {job_id} started") for r in mine)
+        assert any(r["message"].startswith(f"job {job_id} ended") for r in mine)
     [failed] = [r for r in records if r["message"].startswith(f"job {first.id} failed")]
     assert failed["job_id"] == first.id
     started = [r for r in records if r["message"].startswith("legacy worker started")]

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from roast_jobs.config import get_settings
 from roast_jobs.domain.runner import TimeLimitExceeded, time_limit_of_evaluation
 from roast_jobs.jobs.results import sqlalchemy_url
+from roast_jobs.logs import job_fields
 
 from . import repository
 from .children import EXIT_COMPLETED, EXIT_FAILED, Child, child_main, signal_group
@@ -53,6 +54,12 @@ class PendingFailure:
     job_id: str
     error: str
     retryable: bool
+    attempt: int | None = None
+
+
+def _about(job_id: str, attempt: int | None = None) -> dict[str, object]:
+    """``extra=`` of the poller's lines about one job: its fields in JSON logs."""
+    return job_fields(job_id, "evaluation", "legacy", attempt)
 
 
 class LegacyWorker:
@@ -187,9 +194,17 @@ class LegacyWorker:
             del self._children[job_id]
             took = f"{child.elapsed():.1f} s"
             if child.kill_reason in ("time limit", "cancelled", "ended elsewhere"):
-                log.info("job %s ended: killed (%s) after %s", job_id, child.kill_reason, took)
+                log.info(
+                    "job %s ended: killed (%s) after %s", job_id, child.kill_reason, took,
+                    extra=_about(job_id, child.attempt),
+                )  # fmt: skip
             elif code == EXIT_COMPLETED:
-                log.info("job %s ended: completed in %s", job_id, took)
+                log.info(
+                    "job %s ended: completed in %s",
+                    job_id,
+                    took,
+                    extra=_about(job_id, child.attempt),
+                )
             else:
                 if child.kill_reason == "shutdown":
                     error = f"legacy worker stopped while running the job (exit code {code})"
@@ -197,17 +212,23 @@ class LegacyWorker:
                     error = f"legacy worker process failed (exit code {code}) during the job"
                 else:
                     error = f"legacy worker process died (exit code {code}) while running the job"
-                log.info("job %s ended: exit code %d after %s", job_id, code, took)
+                log.info(
+                    "job %s ended: exit code %d after %s", job_id, code, took,
+                    extra=_about(job_id, child.attempt),
+                )  # fmt: skip
                 # A no-op when the child recorded its failure itself (the job is not RUNNING).
-                self._pending.append(PendingFailure(job_id, error, retryable=True))
+                self._pending.append(PendingFailure(job_id, error, True, child.attempt))
 
     def _enforce_time_limits(self) -> None:
         for child in self._children.values():
             if child.over_time_limit():
                 error = str(TimeLimitExceeded(child.time_limit))
-                log.warning("job %s: %s, killing pid %d", child.job_id, error, child.pid)
+                log.warning(
+                    "job %s: %s, killing pid %d", child.job_id, error, child.pid,
+                    extra=_about(child.job_id, child.attempt),
+                )  # fmt: skip
                 child.terminate("time limit")
-                self._pending.append(PendingFailure(child.job_id, error, retryable=False))
+                self._pending.append(PendingFailure(child.job_id, error, False, child.attempt))
 
     def _kill_cancelled(self) -> None:
         running = [c.job_id for c in self._children.values() if c.kill_reason is None]
@@ -221,7 +242,10 @@ class LegacyWorker:
             return
         for job_id, status in ended:
             child = self._children[job_id]
-            log.info("job %s is %s, killing pid %d", job_id, status, child.pid)
+            log.info(
+                "job %s is %s, killing pid %d", job_id, status, child.pid,
+                extra=_about(job_id, child.attempt),
+            )  # fmt: skip
             child.terminate("cancelled" if status == "CANCELLED" else "ended elsewhere")
 
     def _shut_down_children(self) -> None:
@@ -230,8 +254,9 @@ class LegacyWorker:
         for child in self._children.values():
             if child.term_sent is None:
                 log.warning(
-                    "job %s: still running at shutdown, killing pid %d", child.job_id, child.pid
-                )
+                    "job %s: still running at shutdown, killing pid %d", child.job_id, child.pid,
+                    extra=_about(child.job_id, child.attempt),
+                )  # fmt: skip
                 child.terminate("shutdown")
 
     def _record_pending(self) -> bool:
@@ -254,10 +279,16 @@ class LegacyWorker:
                     failure.job_id,
                     failure.error,
                     exc,
+                    extra=_about(failure.job_id, failure.attempt),
                 )
                 retry_id = None
             if retry_id:
-                log.info("job %s: retry as job %s", failure.job_id, retry_id)
+                log.info(
+                    "job %s: retry as job %s",
+                    failure.job_id,
+                    retry_id,
+                    extra=_about(failure.job_id, failure.attempt),
+                )
             self._pending.pop(0)
         return True
 
@@ -273,7 +304,10 @@ class LegacyWorker:
                     if job_id in self._children:
                         continue
                     retry_id = repository.fail(session, job_id, error, retryable=True)
-                    log.warning("job %s: %s (retry: %s)", job_id, error, retry_id or "none")
+                    log.warning(
+                        "job %s: %s (retry: %s)", job_id, error, retry_id or "none",
+                        extra=_about(job_id),
+                    )  # fmt: skip
         except Exception as exc:
             self._database_error("the stale sweep", exc)
             return
@@ -307,9 +341,14 @@ class LegacyWorker:
         try:
             process.start()
         except OSError as exc:
-            log.error("job %s: cannot start a worker process: %s", claimed.id, exc)
+            log.error(
+                "job %s: cannot start a worker process: %s", claimed.id, exc,
+                extra=_about(claimed.id, claimed.attempts),
+            )  # fmt: skip
             self._pending.append(
-                PendingFailure(claimed.id, f"legacy worker could not fork: {exc}", True)
+                PendingFailure(
+                    claimed.id, f"legacy worker could not fork: {exc}", True, claimed.attempts
+                )
             )
             return
         assert process.pid is not None
@@ -323,6 +362,7 @@ class LegacyWorker:
             claimed.attempts,
             process.pid,
             limit,
+            extra=_about(claimed.id, claimed.attempts),
         )
 
     def _database_error(self, what: str, exc: Exception) -> None:
