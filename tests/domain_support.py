@@ -70,3 +70,13 @@ def user_with_agent(url: str) -> dict[str, str]:
         user = sample_data.create_user(s)
         agent = sample_data.create_agent(s, user)
     return {"user": user, "agent": agent}
+
+
+def lock_waiters(conn: Any, table: str) -> int:
+    """How many sessions wait for a lock on ``table`` (seen from ``conn``, a psycopg
+    connection, for instance the one holding it)."""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_locks WHERE relation = to_regclass(%s) AND NOT granted",
+        (f'"{table}"',),
+    ).fetchone()
+    return int(row[0])

@@ -15,7 +15,7 @@ from roast_jobs.demo_pages import ArticleServer
 from roast_jobs.domain import sample_data
 from roast_jobs.service.job_service import JobService
 from tests.api_support import auth
-from tests.domain_support import fetch, rollout
+from tests.domain_support import fetch, lock_waiters, rollout
 from tests.workers import wait_until
 
 COUNTS = {
@@ -305,14 +305,11 @@ def test_many_requests_at_once_hold_one_connection_each(
     def get_job() -> int:
         return httpx.get(f"{api}/api/jobs/{job}", headers=auth(alice), timeout=120).status_code
 
-    waiting = (
-        """SELECT count(*) FROM pg_locks WHERE relation = '"Task"'::regclass AND NOT granted"""
-    )
     with psycopg.connect(app_db) as locker, ThreadPoolExecutor(40) as pool:
         locker.execute('LOCK TABLE "Task" IN ACCESS EXCLUSIVE MODE')
         answers = [pool.submit(get_job) for _ in range(40)]
         # Every pooled connection is taken by a request stopped at the lock.
-        assert wait_until(lambda: locker.execute(waiting).fetchone() >= (15,), 60)
+        assert wait_until(lambda: lock_waiters(locker, "Task") >= 15, 60)
         locker.commit()
         codes = [a.result() for a in answers]
     assert codes == [200] * 40

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import threading
+
+import psycopg
 import pytest
 
 from roast_jobs.config import get_settings
 from roast_jobs.db.models import Backend
-from roast_jobs.service.flags import FlagError, Flags, bucket, from_values, parse_value
+from roast_jobs.service.flags import (
+    FlagCache,
+    FlagError,
+    Flags,
+    bucket,
+    from_values,
+    parse_value,
+)
+from tests.domain_support import lock_waiters
+from tests.workers import wait_until
 
 
 def test_values_parse_or_fail_clearly() -> None:
@@ -46,3 +58,25 @@ def test_bad_table_values_count_as_unset_and_the_environment_wins(
     flags = from_values({"use_celery": False, "celery_rollout_percent": 50})
     assert (flags.use_celery, flags.rollout_percent) == (True, 5)
     assert flags.overridden == ("use_celery", "celery_rollout_percent")
+
+
+def test_a_stale_cache_answers_while_another_thread_rereads(app_db: str) -> None:
+    """A request holding a pooled connection must not wait behind a re-read that waits
+    itself (for the table, or for a connection): the flags of a moment ago serve."""
+    cache = FlagCache(app_db, refresh=0.01)
+    before = cache.current()
+    cache.invalidate()
+    answers: list[Flags] = []
+    with psycopg.connect(app_db) as locker:
+        locker.execute('LOCK TABLE "FeatureFlag" IN ACCESS EXCLUSIVE MODE')
+        rereader = threading.Thread(target=lambda: answers.append(cache.current()))
+        rereader.start()  # takes the cache's lock, then waits for the table
+        assert wait_until(lambda: lock_waiters(locker, "FeatureFlag") == 1, 30)
+        other = threading.Thread(target=lambda: answers.append(cache.current()))
+        other.start()
+        other.join(30)
+        assert not other.is_alive(), "a second caller waited behind the re-read"
+        assert answers == [before]
+        locker.commit()
+    rereader.join(30)
+    assert answers == [before, before]

@@ -147,11 +147,18 @@ class FlagCache:
         flags = self._flags
         if flags is not None and now - self._read_at < self.refresh:
             return flags
-        with self._lock:
+        # While another thread re-reads, the flags of a moment ago serve: a caller holding
+        # a pooled connection must not wait behind one that is waiting for a connection.
+        if not self._lock.acquire(blocking=flags is None):
+            assert flags is not None
+            return flags
+        try:
             if self._flags is None or time.monotonic() - self._read_at >= self.refresh:
                 self._flags = from_values(read_table(self.url, session))
                 self._read_at = time.monotonic()
             return self._flags
+        finally:
+            self._lock.release()
 
     def invalidate(self) -> None:
         self._read_at = 0.0

@@ -327,8 +327,8 @@ class JobService:
                 raise InvalidRequest(
                     f"at most {MAX_BATCH_DOCUMENTS} documents per batch, not {len(document_ids)}"
                 )
-        flags = self.flags.current()
         with self._tx() as session:
+            flags = self.flags.current(session)  # no second connection
             check_pause(session)
             check_agent(session, agent_id)
             if target_count is not None:
@@ -462,8 +462,8 @@ class JobService:
             ImportPayload,
             {"url": url, "agent_ids": list(agent_ids), "submitted_by_id": submitted_by_id},
         )
-        flags = self.flags.current()
         with self._tx() as session:
+            flags = self.flags.current(session)  # no second connection
             check_pause(session)
             for agent_id in payload.agent_ids:
                 check_agent(session, agent_id)
@@ -538,8 +538,8 @@ class JobService:
         """A new job for a FAILED or CANCELLED job's evaluation (``originalJobId`` = its
         chain's first), on the backend the flags pick now. Refused while the evaluation
         has a PENDING or RUNNING job."""
-        flags = self.flags.current()
         with self._tx() as session:
+            flags = self.flags.current(session)  # no second connection
             check_pause(session)
             job = job_records.lock(session, job_id)
             if JobStatus(job.status) not in (JobStatus.FAILED, JobStatus.CANCELLED):
