@@ -23,6 +23,7 @@ from roast_jobs.service.job_service import (
 )
 from roast_jobs.service.reconcile import reconcile
 from tests.domain_support import rollout
+from tests.workers import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +116,35 @@ def test_an_open_pause_refuses_every_create_and_writes_nothing(
         with transaction(service.url) as s:
             s.execute(text("""UPDATE "SystemPause" SET "endedAt" = CURRENT_TIMESTAMP"""))
     assert service.create_evaluation_job(docs[1], seeded["agent"]).backend == "celery"
+
+
+ADVISORY_WAITERS = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+
+
+def test_a_pause_waits_for_the_creates_already_past_their_check(
+    service: JobService, seeded: dict[str, Any]
+) -> None:
+    """A create that passed the pause check before the pause opened commits before the
+    pause's opening returns: after it, no job appears (else "paused" would not mean it)."""
+    from roast_jobs.service import pauses
+
+    def pause(job_id: str, seen: list[int]) -> None:
+        pauses.open_pause(service.url, "in-flight test")
+        seen.append(scalar(service.url, 'SELECT count(*) FROM "Job" WHERE id = %(id)s', id=job_id))
+
+    for percent in (0, 100):
+        rollout(service, percent)
+        [doc] = new_docs(service.url, seeded["user"], 1)
+        seen: list[int] = []
+        with transaction(service.url) as tx:
+            [job] = service.create_evaluation_jobs(doc, [seeded["agent"]], session=tx)
+            opener = threading.Thread(target=pause, args=(job.id, seen))
+            opener.start()
+            opening = wait_until(lambda: scalar(service.url, ADVISORY_WAITERS) == 1, 30)
+            assert opening and not seen, "the pause did not wait for the create"
+        opener.join(30)
+        pauses.end_pause(service.url)
+        assert seen == [1]  # when the pause was open, the job was already committed
 
 
 def test_the_job_row_and_its_message_commit_together(

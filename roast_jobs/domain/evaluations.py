@@ -111,6 +111,19 @@ SELECT p.paused, p.document_found, a.id, a.versioned, a.capability, ins.id
 """
 
 
+#: Creates hold it shared from their pause check to their commit; opening a pause takes it
+#: exclusively. So a pause, once its opening returns, has no create in flight behind it:
+#: those that passed the check before it have committed, later ones wait and see it.
+PAUSE_LOCK = "hashtext('roast_jobs.pause')"
+_PAUSE_GUARD = text(f"SELECT pg_advisory_xact_lock_shared({PAUSE_LOCK})")
+
+
+def guard_against_pause(session: Session) -> None:
+    """Take the pause lock shared, in a statement of its own: the pause check that follows
+    must read after the wait (a statement reads the rows committed when it started)."""
+    session.execute(_PAUSE_GUARD)
+
+
 class Paused(RuntimeError):
     """An open ``SystemPause``: no job may be created."""
 
@@ -127,6 +140,7 @@ def prepare_for_document(
     (evaluation id, the latest version's ``extendedCapabilityId``: its time limit).
     On a refusal the caller's transaction must roll back (nothing was inserted then
     anyway: the insert is conditional on the checks)."""
+    guard_against_pause(session)
     rows = session.execute(text(_PREPARE), {"doc": document_id, "agents": list(agent_ids)}).all()
     paused, document_found = rows[0][0], rows[0][1]
     if paused is not None:

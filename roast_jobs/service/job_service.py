@@ -33,6 +33,7 @@ from roast_jobs.domain.evaluations import (
     Paused,
     check_agent,
     documents_with_versions,
+    guard_against_pause,
     prepare_for_document,
     upsert_evaluations,
 )
@@ -92,6 +93,7 @@ class NewJob:
 
 
 def check_pause(session: Session) -> None:
+    guard_against_pause(session)
     row = session.execute(
         text(
             'SELECT reason FROM "SystemPause" WHERE "endedAt" IS NULL '

@@ -3,7 +3,8 @@
 While a row has no ``endedAt``, ``JobService`` creates no job (``SystemPaused``). Opening
 takes a transaction-level advisory lock before it looks for an open row, so two admins
 pausing at once leave one open row: the second waits for the first to commit, then sees
-its row and is refused.
+its row and is refused. Creates hold the same lock shared from their pause check to their
+commit, so when opening returns no create that passed its check is still to commit.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from sqlalchemy import text
 
 from roast_jobs.db.models import new_uuid
 from roast_jobs.db.session import transaction
+from roast_jobs.domain.evaluations import PAUSE_LOCK
 
-#: Opening a pause is serialized on this lock (per database, held until commit).
-_LOCK = text("SELECT pg_advisory_xact_lock(hashtext('roast_jobs.pause'))")
+#: Opening a pause is serialized on this lock (per database, held until commit), and waits
+#: for the creates in flight, which hold it shared (``guard_against_pause``).
+_LOCK = text(f"SELECT pg_advisory_xact_lock({PAUSE_LOCK})")
 _OPEN = text(
     'SELECT id, reason, "startedAt" FROM "SystemPause" WHERE "endedAt" IS NULL '
     'ORDER BY "startedAt" DESC, id DESC LIMIT 1'
