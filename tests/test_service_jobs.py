@@ -424,6 +424,40 @@ def test_reconciliation_fails_celery_rows_whose_message_is_gone(
     assert reconcile(service) == []
 
 
+def test_reconciliation_spares_a_job_taken_up_while_it_asked_the_broker(
+    service: JobService, seeded: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker says "nothing live", then, before the job is failed, a redriven message
+    is claimed and its run touches the row: the job is left to that run."""
+    import roast_jobs.service.reconcile as reconciler
+
+    rollout(service, 100)
+    [doc] = new_docs(service.url, seeded["user"], 1)
+    job = service.create_evaluation_job(doc, seeded["agent"])
+    with psycopg.connect(service.url, autocommit=True) as conn:
+        conn.execute(
+            f'DELETE FROM "{get_settings().broker_schema}".message WHERE task_id = %s',
+            (job.broker_job_id,),
+        )
+        conn.execute(
+            """UPDATE "Job" SET status = 'RUNNING',
+                      "updatedAt" = CURRENT_TIMESTAMP - interval '31 minutes' WHERE id = %s""",
+            (job.id,),
+        )
+    asked = reconciler._live
+
+    def asked_then_taken_up(svc: JobService, broker_job_id: str | None) -> bool:
+        live = asked(svc, broker_job_id)
+        with psycopg.connect(service.url, autocommit=True) as conn:  # the run's mark_running
+            conn.execute('UPDATE "Job" SET "updatedAt" = CURRENT_TIMESTAMP WHERE id = %s',
+                         (job.id,))  # fmt: skip
+        return live
+
+    monkeypatch.setattr(reconciler, "_live", asked_then_taken_up)
+    assert reconcile(service) == []
+    assert service.get_job_status(job.id)["status"] == "RUNNING"
+
+
 def test_a_paused_fan_out_creates_nothing_and_maintenance_resumes_a_stopped_one(
     service: JobService, seeded: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -33,6 +33,14 @@ SELECT id, status, "brokerJobId" FROM "Job"
  LIMIT :limit
 """
 
+# The same staleness, checked again under the row lock in the failing transaction: the
+# broker was asked in between (a redriven message may have been claimed meanwhile).
+_STILL_STALE = """
+SELECT 1 FROM "Job"
+ WHERE id = :id AND "updatedAt" < CURRENT_TIMESTAMP - make_interval(secs => :after)
+   FOR UPDATE
+"""
+
 
 @dataclass(frozen=True)
 class Reconciled:
@@ -65,7 +73,9 @@ def reconcile(service: JobService, limit: int = 200) -> list[Reconciled]:
     for job_id, status, broker_job_id in rows:
         if _live(service, broker_job_id):
             continue
-        if status == JobStatus.RUNNING.value:
+        running = status == JobStatus.RUNNING.value
+        after = settings.stale_job_seconds if running else settings.stale_pending_seconds
+        if running:
             reason = (
                 f"reconciled: RUNNING for more than {settings.stale_job_seconds:g} s "
                 "with no live broker message"
@@ -73,6 +83,8 @@ def reconcile(service: JobService, limit: int = 200) -> list[Reconciled]:
         else:
             reason = "reconciled: PENDING with no broker message"
         with service._tx() as session:
+            if session.execute(text(_STILL_STALE), {"id": job_id, "after": after}).first() is None:
+                continue  # touched since we looked: a run took it up again
             # Only if it is still as we saw it: a run may have moved it meanwhile.
             # ... and still this task's ("": a Celery row with no task id): the migrator
             # may have moved it to legacy.
