@@ -214,6 +214,29 @@ def test_retry_failed_job_reruns_it_under_its_id(jm: JobManager, worker: CeleryW
     assert jm.get_job(job_id).result == "ok" and runs(name) == 5
 
 
+def test_retries_of_one_failed_job_at_once_rerun_it_once(
+    jm: JobManager, worker: CeleryWorker
+) -> None:
+    """Six operators press retry at the same moment: one resend, five refusals."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    name = label()
+    job_id = jm.send(job_flaky, {"label": name, "fails": 4}, queue=WORKED)
+    assert state_of(jm, job_id, JobState.FAILED), worker.log()[-3000:]
+
+    def retry(_: int) -> str:
+        try:
+            return str(jm.retry_job(job_id))
+        except InvalidTransition:
+            return "refused"
+
+    with ThreadPoolExecutor(6) as pool:
+        outcomes = list(pool.map(retry, range(6)))
+    assert (outcomes.count(job_id), outcomes.count("refused")) == (1, 5), outcomes
+    assert state_of(jm, job_id, JobState.COMPLETED), worker.log()[-3000:]
+    assert runs(name) == 5  # the four first runs and one rerun
+
+
 def test_retry_cancelled_job_runs_under_a_new_id(jm: JobManager, worker: CeleryWorker) -> None:
     name = label()
     job_id = jm.send(job_record, {"label": name}, queue=WORKED, countdown=300)

@@ -322,7 +322,15 @@ class JobManager:
         expiry window (counted from now; an expired job runs without one). Due now: no
         countdown. Returns the id it runs under (the same id, except for a cancelled
         job: workers remember revoked ids). ``InvalidTransition`` when another job holds
-        its singleton key."""
+        its singleton key. Retries of one job at once are serialised: the first sends,
+        the others then find it waiting and are refused."""
+        with self.link.connection() as conn, conn.transaction():  # pool conns autocommit
+            conn.execute(self.link.jobs.lock_task, {"task_id": job_id})
+            return self._retry_locked(job_id, conn)
+
+    def _retry_locked(self, job_id: str, conn: Any) -> JobId:
+        # Read after the lock (on another connection: it sees what the last holder
+        # committed); the resend joins the lock's transaction.
         job = self.get_job(job_id)
         if job.state not in RETRYABLE_STATES:
             raise InvalidTransition(
@@ -350,7 +358,7 @@ class JobManager:
         new_id = job_id if job.state is JobState.FAILED else None
         sent = self.send(
             job.name, dict(job.kwargs or {}), args=tuple(job.args or ()), task_id=new_id,
-            **options,
+            into=conn, **options,
         )  # fmt: skip
         if not sent.created:
             raise InvalidTransition(

@@ -38,6 +38,7 @@ class JobStatements:
     messages_for_move: str
     delete_messages: str
     held_task_ids: str
+    lock_task: str
 
 
 @cache
@@ -229,6 +230,10 @@ def job_statements(schema: str) -> JobStatements:
         ),
         delete_messages=q("DELETE FROM {s}.message WHERE id = ANY(%(ids)s::bigint[])"),
         # Which of these task ids a worker holds now (a read, no locks: previews).
+        # Steering one job (retry) serialised per task id and schema, until commit.
+        lock_task=q(
+            "SELECT pg_advisory_xact_lock(hashtextextended('{s}.task:' || %(task_id)s, 0))"
+        ),
         held_task_ids=q(
             """
             SELECT DISTINCT m.task_id
