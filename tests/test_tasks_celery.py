@@ -4,6 +4,8 @@ cancellation, bad payloads), imports, and the batch fan-out surviving a SIGKILLe
 from __future__ import annotations
 
 import itertools
+import os
+import signal
 import threading
 import time
 import uuid
@@ -22,7 +24,7 @@ from roast_jobs.domain import job_records, sample_data
 from roast_jobs.service import flags
 from roast_jobs.service.job_service import EVALUATION_TASK, JobService
 from tests.apps.scripted_evaluator import calls
-from tests.domain_support import user_with_agent
+from tests.domain_support import fetch, rollout, user_with_agent
 from tests.workers import CeleryWorker, wait_until
 
 ARTICLE = b"""<!doctype html><html><head><title>On Calibration | Blog</title>
@@ -216,6 +218,41 @@ def test_retryable_errors_are_retried_with_backoff_up_to_the_limit(
     row = wait_status(service.url, flaky.id, "COMPLETED")
     assert row["attempts"] == 2 and row["error"] is None
     assert len(starts(state_dir, once)) == 2
+
+
+def test_a_retry_and_the_end_of_its_delivery_commit_together(
+    service: JobService, people: dict[str, str], state_dir: Path
+) -> None:
+    """The run fails retryably while the worker's main process is stopped (so it cannot
+    ack): the retry is committed and the failed delivery is gone with it. Killed there,
+    the worker leaves one message, the retry, not a second delivery to run next to it."""
+    rollout(service, 100)
+    doc = document(service.url, people["user"], "fail 1 on release: 503 service unavailable")
+    stalled = CeleryWorker(
+        "stalled", app="roast_jobs.tasks.worker", concurrency=1, args=["-Q", "evaluation"],
+        env=worker_env(service.url, state_dir, ROAST_JOBS_RETRY_DELAY="5"),
+    )  # fmt: skip
+    with stalled:
+        job = service.create_evaluation_job(doc, people["agent"])
+        wait_status(service.url, job.id, "RUNNING")
+        assert stalled.proc is not None
+        os.kill(stalled.proc.pid, signal.SIGSTOP)  # the main process: no ack, no renewal
+        (state_dir / f"release-{doc}").touch()  # the child's run fails now
+        row = wait_until(
+            lambda: (r := job_row(service.url, job.id))["status"] == "PENDING" and r, 60
+        )
+        assert row and row["attempts"] == 1 and row["error"] == "503 service unavailable"
+        schema = get_settings().broker_schema
+        left = fetch(service.url, f'SELECT count(*) FROM "{schema}".message WHERE task_id = %s',
+                     job.broker_job_id)  # fmt: skip
+        assert left == [(1,)], "the failed delivery is still there beside its retry"
+        stalled.kill()
+    with CeleryWorker(
+        "after", app="roast_jobs.tasks.worker", concurrency=1, args=["-Q", "evaluation"],
+        env=worker_env(service.url, state_dir),
+    ):  # fmt: skip
+        row = wait_status(service.url, job.id, "COMPLETED", timeout=120)
+    assert row["attempts"] == 2 and len(starts(state_dir, doc)) == 2
 
 
 def test_non_retryable_errors_fail_at_once(

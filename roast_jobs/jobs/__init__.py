@@ -20,7 +20,7 @@ from .manager import JobId, JobManager, QueueStatus
 from .retry import RetryPolicy, RoastTask
 from .singleton import SingletonTask
 from .state import Job, JobState
-from .transaction import enqueue_in, enqueue_in_async
+from .transaction import ack_in, enqueue_in, enqueue_in_async
 
 __all__ = [
     "BrokerSchemaMissing",
@@ -47,6 +47,7 @@ __all__ = [
     "RoastTask",
     "SingletonTask",
     "TaskCall",
+    "ack_in",
     "enqueue_in",
     "enqueue_in_async",
     "run_maintenance",

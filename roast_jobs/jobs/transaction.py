@@ -73,6 +73,22 @@ def enqueue_in(target: Any, buffered: bool = False) -> Iterator[PublishTarget]:
         yield publish_target
 
 
+def ack_in(target: Any, task_id: str, app: Any) -> int:
+    """End the running delivery of ``task_id`` (the task's own ``request.id``) inside
+    ``target``'s transaction; returns how many rows went (0: gone already). Celery does
+    not tell a task its delivery tag, so the delivery is found as the task id's leased
+    row: a waiting message of the same id (its retry, sent just now) stays.
+
+    With a retry sent in the same transaction (``enqueue_in``), the retry and the end of
+    this delivery commit together: a worker killed before its own (late) ack cannot have
+    this delivery run again next to the retry. That ack then finds nothing to do."""
+    from roast_jobs.broker.sql.jobs import job_statements
+
+    with app.connection_for_write() as conn:  # makes no connection: only its schema
+        statement = job_statements(conn.transport.options.schema).end_leased
+    return len(sink_for(target).execute(statement, {"task_id": task_id}))
+
+
 async def enqueue_in_async(target: Any, send: Callable[[], T]) -> T:
     """``enqueue_in`` for SQLAlchemy's ``AsyncSession`` / ``AsyncConnection``: runs
     ``send`` (which calls ``apply_async``, ``JobManager.send``, ...) inside ``target``'s

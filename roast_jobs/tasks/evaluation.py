@@ -16,7 +16,7 @@ from roast_jobs.db.session import transaction
 from roast_jobs.domain import job_records, runner
 from roast_jobs.domain.evaluator import Evaluator, load_evaluator
 from roast_jobs.domain.payloads import EvaluationPayload, InvalidPayload, parse
-from roast_jobs.jobs import RetryPolicy, enqueue_in
+from roast_jobs.jobs import RetryPolicy, ack_in, enqueue_in
 from roast_jobs.service.job_service import EVALUATION_TASK
 
 from .worker import app
@@ -80,6 +80,9 @@ def evaluation(self: Task, **payload: Any) -> dict[str, Any]:
                     countdown = RetryPolicy.from_settings().countdown(attempts - 1)
                     with enqueue_in(session):
                         retry = self.retry(countdown=countdown, exc=exc, throw=False)
+                    # This delivery ends with them: killed before its ack, the worker must
+                    # not leave it to run again now, next to the retry.
+                    ack_in(session, owner, self.app)
             if retry is not None:
                 raise retry from None
             return {"job_id": job_id, "status": "skipped"}

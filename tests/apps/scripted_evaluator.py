@@ -1,7 +1,8 @@
 """An evaluator that takes orders from the document's title, so one worker serves every
 test: ``"fail 2: 503 service unavailable"`` fails the first 2 runs of each document with
-that message (``fail always: ...`` every run), ``"sleep 3"`` sleeps 3 s first. Anything
-else is evaluated by the offline evaluator.
+that message (``fail always: ...`` every run), ``"sleep 3"`` sleeps 3 s first, and
+``"fail 1 on release: ..."`` fails the first run once the file ``release-<document id>``
+appears in the state folder. Anything else is evaluated by the offline evaluator.
 
 Runs are counted across processes with files in ``$ROAST_TEST_STATE_DIR``; each run
 appends "<time> <document id> <pid> <event>" to ``calls.log`` there.
@@ -17,7 +18,7 @@ from pathlib import Path
 from roast_jobs.domain.evaluator import AgentInput, DocumentInput, EvaluationOutput
 from roast_jobs.domain.offline_evaluator import OfflineEvaluator
 
-_FAIL = re.compile(r"^fail (\d+|always): (.+)$")
+_FAIL = re.compile(r"^fail (\d+|always)( on release)?: (.+)$")
 _SLEEP = re.compile(r"^sleep (\d+(?:\.\d+)?)$")
 
 
@@ -49,6 +50,13 @@ def _run_number(document_id: str) -> int:
         return n
 
 
+def _wait_for_release(document_id: str) -> None:
+    folder = _state_dir()
+    assert folder is not None, "ROAST_TEST_STATE_DIR is not set"
+    while not (folder / f"release-{document_id}").exists():
+        time.sleep(0.05)
+
+
 class ScriptedEvaluator:
     def __init__(self) -> None:
         self.inner = OfflineEvaluator()
@@ -62,7 +70,9 @@ class ScriptedEvaluator:
             elif m := _FAIL.match(title):
                 run = _run_number(document.document_id)
                 if m.group(1) == "always" or run <= int(m.group(1)):
-                    raise RuntimeError(m.group(2))
+                    if m.group(2):
+                        _wait_for_release(document.document_id)
+                    raise RuntimeError(m.group(3))
             return self.inner.evaluate(document, agent)
         finally:
             _log(document.document_id, "end")

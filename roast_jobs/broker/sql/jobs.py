@@ -39,6 +39,7 @@ class JobStatements:
     delete_messages: str
     held_task_ids: str
     lock_task: str
+    end_leased: str
 
 
 @cache
@@ -233,6 +234,12 @@ def job_statements(schema: str) -> JobStatements:
         # Steering one job (retry) serialised per task id and schema, until commit.
         lock_task=q(
             "SELECT pg_advisory_xact_lock(hashtextextended('{s}.task:' || %(task_id)s, 0))"
+        ),
+        # The deliveries of a task now being worked on (leased), ended in a caller's
+        # transaction (jobs.ack_in); a waiting message of the same id (its retry) stays.
+        end_leased=q(
+            "DELETE FROM {s}.message WHERE task_id = %(task_id)s AND lease_owner IS NOT NULL "
+            "RETURNING id"
         ),
         held_task_ids=q(
             """
