@@ -1,5 +1,5 @@
 """Evaluators for worker tests, loaded with ``ROAST_JOBS_EVALUATOR=tests.apps.evaluators:Name``
-(the worker needs /work/main, the repository root, as its cwd or on PYTHONPATH).
+(the worker needs the repository root as its cwd or on PYTHONPATH).
 
 Environment:
 
