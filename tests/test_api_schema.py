@@ -9,14 +9,17 @@ per operation then); the first test checks that the server serves that same docu
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error, positive_data_acceptance
 
 from roast_jobs.api import create_app
-from tests.api_support import auth
+from tests.api_support import auth, serve_api
 
 # No connection is made to build the document: the URL is never used.
 DOCUMENT = create_app("postgresql://unused@127.0.0.1:1/none").openapi()
@@ -35,6 +38,14 @@ CONFIG = schemathesis.Config.from_dict(
 schema = schemathesis.openapi.from_dict(DOCUMENT, config=CONFIG)
 
 
+@pytest.fixture(scope="module")
+def api(app_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The API as deployed: no private network allowed to imports, so generated URLs on
+    this machine (its database, its other services) are refused before any fetch."""
+    with serve_api(app_db, tmp_path_factory.mktemp("api") / "log") as base:
+        yield base
+
+
 def test_the_server_serves_this_document(api: str) -> None:
     assert httpx.get(f"{api}/openapi.json").json() == DOCUMENT
     assert len(DOCUMENT["paths"]) >= 20
@@ -50,4 +61,18 @@ def test_the_server_serves_this_document(api: str) -> None:
 def test_every_operation_answers_within_its_schema(
     case: Any, api: str, people: dict[str, Any]
 ) -> None:
-    case.call_and_validate(base_url=api, headers=auth(people["admin"]), timeout=60)
+    if (case.method, case.path) != ("POST", "/api/import"):
+        case.call_and_validate(base_url=api, headers=auth(people["admin"]), timeout=60)
+        return
+    # The one deliberate 5xx: an import run in the request (flags on the legacy side) of
+    # a well-formed URL that cannot be fetched is 502, the upstream's failure, not ours.
+    answer = case.call_and_validate(
+        base_url=api,
+        headers=auth(people["admin"]),
+        timeout=60,
+        excluded_checks=[not_a_server_error, positive_data_acceptance],
+    )
+    if answer.status_code >= 500:
+        assert answer.status_code == 502 and answer.json()["error"].startswith("import failed")
+    elif answer.status_code == 422 and case.meta.generation.mode.is_positive:
+        assert answer.json()["error"].startswith("import failed")  # fetched, not an article

@@ -14,6 +14,7 @@ from roast_jobs.jobs.errors import JobNotFound
 from roast_jobs.service.job_service import IMPORT_TASK
 
 from .deps import Body, PathId, Service, User
+from .errors import ErrorBody
 
 router = APIRouter(tags=["imports"])
 
@@ -23,7 +24,14 @@ class ImportBody(Body):
     agentIds: list[Id] = Field(default_factory=list, max_length=MAX_IMPORT_AGENTS)
 
 
-@router.post("/api/import", status_code=202, responses={201: {"description": "Imported inline"}})
+@router.post(
+    "/api/import",
+    status_code=202,
+    responses={
+        201: {"description": "Imported in the request (the flags keep imports legacy)"},
+        502: {"model": ErrorBody, "description": "The page could not be fetched (may pass later)"},
+    },
+)
 def import_article(body: ImportBody, who: User, service: Service) -> JSONResponse:
     """Import the article at ``url`` as the caller's document and queue its evaluations
     by ``agentIds``. One import per URL is in flight at a time: a second request while
