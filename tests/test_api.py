@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 import psycopg
+import pytest
 
 from roast_jobs.db.session import transaction
 from roast_jobs.domain import sample_data
@@ -114,3 +115,20 @@ def test_health_says_why_it_is_degraded_and_metrics_and_openapi_are_served(
     assert line in metrics.text
     paths = httpx.get(f"{api}/openapi.json").json()["paths"]
     assert {"/api/jobs/{job_id}", "/api/admin/flags", "/api/health/jobs", "/metrics"} <= set(paths)
+
+
+def test_the_broker_link_starts_with_the_server_not_in_a_request(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """On a database the broker never used, the server's start creates the broker's
+    schema: the first request that sends a job does not do it inside its transaction."""
+    from roast_jobs.config import get_settings
+    from tests.api_support import serve_api
+    from tests.domain_support import fresh_database
+
+    schema = get_settings().broker_schema
+    with fresh_database() as url:
+        exists = "SELECT count(*) FROM pg_namespace WHERE nspname = %s"
+        assert fetch(url, exists, schema) == [(0,)]
+        with serve_api(url, tmp_path_factory.mktemp("api-start") / "log"):
+            assert fetch(url, exists, schema) == [(1,)]

@@ -8,15 +8,24 @@ Each area is a router of its own module; this one puts them together.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import Depends, FastAPI
 
+from roast_jobs.logs import mask_secrets
 from roast_jobs.service.job_service import JobService
 
 from . import admin, batches, dashboard, errors, evaluations, imports, jobs, monitor, system
 from .deps import ApiContext, no_unknown_query
+
+log = logging.getLogger("roast_jobs.api")
+
+
+def one_line(exc: BaseException) -> str:
+    return mask_secrets((str(exc).strip().splitlines() or [type(exc).__name__])[0])
 
 
 def create_app(url: str) -> FastAPI:
@@ -24,6 +33,13 @@ def create_app(url: str) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # The broker link starts now rather than inside the first request's transaction
+        # (its start opens connections and may create the broker's schema). A database
+        # that is not there yet only delays it to the first use.
+        try:
+            await anyio.to_thread.run_sync(lambda: service.manager)
+        except Exception as exc:
+            log.warning("job manager not started (%s): it starts on first use", one_line(exc))
         yield
         service.close()
 
