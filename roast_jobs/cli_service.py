@@ -12,7 +12,7 @@ import psycopg
 
 from roast_jobs.cli_jobs import check_database, one_line
 from roast_jobs.config import get_settings
-from roast_jobs.logs import mask_secrets
+from roast_jobs.logs import first_line
 
 if TYPE_CHECKING:
     from roast_jobs.service.job_service import JobService
@@ -64,12 +64,10 @@ def one_line_errors() -> Iterator[None]:
     try:
         yield
     except (DBAPIError, psycopg.Error) as exc:
-        orig = getattr(exc, "orig", None) or exc
-        # psycopg's message goes on with LINE/caret lines; SQLAlchemy's with the SQL.
-        first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
-        if isinstance(orig, psycopg.errors.UndefinedTable):
+        first = first_line(exc)
+        if isinstance(getattr(exc, "orig", None) or exc, psycopg.errors.UndefinedTable):
             first += ": run `roast-jobs db upgrade` on this database first"
-        raise click.ClickException(mask_secrets(first)) from None
+        raise click.ClickException(first) from None
     except SQLAlchemyError as exc:
         raise click.ClickException(one_line(exc)) from None
     except Exception as exc:

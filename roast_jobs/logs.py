@@ -57,6 +57,13 @@ def mask_secrets(text: str) -> str:
     return _USERINFO.sub(lambda m: f"{m.group(1)}:{MASK}@", text)
 
 
+def first_line(exc: BaseException) -> str:
+    """An error's first line, its secrets masked: for a SQLAlchemy error, its driver's
+    (SQLAlchemy adds the statement; psycopg's own goes on with LINE, DETAIL and HINT)."""
+    exc = getattr(exc, "orig", None) or exc
+    return mask_secrets((str(exc).strip().splitlines() or [type(exc).__name__])[0])
+
+
 def _mask_url_match(match: re.Match[str]) -> str:
     scheme, rest = match.group(0).split("://", 1)
     # The userinfo ends at the last '@' before the query: a password with an unencoded '@'

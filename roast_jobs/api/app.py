@@ -15,17 +15,13 @@ from contextlib import asynccontextmanager
 import anyio
 from fastapi import Depends, FastAPI
 
-from roast_jobs.logs import mask_secrets
+from roast_jobs.logs import first_line
 from roast_jobs.service.job_service import JobService
 
 from . import admin, batches, dashboard, errors, evaluations, imports, jobs, monitor, system
 from .deps import ApiContext, no_unknown_query
 
 log = logging.getLogger("roast_jobs.api")
-
-
-def one_line(exc: BaseException) -> str:
-    return mask_secrets((str(exc).strip().splitlines() or [type(exc).__name__])[0])
 
 
 def create_app(url: str) -> FastAPI:
@@ -39,7 +35,7 @@ def create_app(url: str) -> FastAPI:
         try:
             await anyio.to_thread.run_sync(lambda: service.manager)
         except Exception as exc:
-            log.warning("job manager not started (%s): it starts on first use", one_line(exc))
+            log.warning("job manager not started (%s): it starts on first use", first_line(exc))
         yield
         service.close()
 

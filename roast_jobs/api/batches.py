@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from roast_jobs.db.session import transaction
 from roast_jobs.domain import batches
 from roast_jobs.domain.payloads import MAX_BATCH_DOCUMENTS, Id
+from roast_jobs.logs import first_line
 from roast_jobs.service import batch_listing
 from roast_jobs.service.api_keys import Caller
 from roast_jobs.service.outcomes import CreatedBatch
@@ -60,8 +61,7 @@ def conflict_message(exc: IntegrityError, tracking_id: str | None) -> str:
     constraint = getattr(getattr(exc.orig, "diag", None), "constraint_name", None) or ""
     if "trackingId" in constraint:  # the same trackingId, by a request at the same time
         return f"trackingId {tracking_id!r} is already used"
-    first = (str(exc.orig).strip().splitlines() or ["conflict"])[0]
-    return f"conflicts with a change made at the same time: {first}"
+    return f"conflicts with a change made at the same time: {first_line(exc)}"
 
 
 @router.post("/api/batches", status_code=201)

@@ -19,6 +19,7 @@ from roast_jobs.domain.payloads import InvalidPayload
 from roast_jobs.domain.url_safety import ArticleImportError
 from roast_jobs.jobs.errors import DeadLetterNotFound, InvalidTransition
 from roast_jobs.jobs.errors import JobNotFound as BrokerJobNotFound
+from roast_jobs.logs import first_line
 from roast_jobs.service.outcomes import InvalidRequest, SystemPaused
 
 
@@ -109,5 +110,4 @@ def install(app: FastAPI) -> None:
     def _data(_r: Request, exc: DataError) -> JSONResponse:
         # A value PostgreSQL refused (out of range, a NUL byte...): the request's fault,
         # and its transaction rolled back.
-        first = (str(exc.orig).strip().splitlines() or ["invalid value"])[0]
-        return JSONResponse(_body(f"invalid value: {first}"), 400)
+        return JSONResponse(_body(f"invalid value: {first_line(exc)}"), 400)

@@ -17,6 +17,7 @@ from roast_jobs.config import Settings, get_settings
 from roast_jobs.db.models import Backend
 from roast_jobs.db.session import transaction
 from roast_jobs.legacy.heartbeat import live_workers
+from roast_jobs.logs import first_line
 from roast_jobs.rollout import checks
 from roast_jobs.rollout.status import RolloutStatus, collect, duration
 
@@ -29,7 +30,7 @@ def health_report(url: str) -> dict[str, Any]:
     try:
         status = collect(url, window_seconds=IDLE_WINDOW_SECONDS)
     except Exception as exc:  # the database is unreachable, or its schema is missing
-        return _report([{"name": "database", "ok": False, "detail": _first_line(exc)}])
+        return _report([{"name": "database", "ok": False, "detail": first_line(exc)}])
     results = [{"name": "database", "ok": True, "detail": "reachable"}]
     for trigger in (
         *checks.queue_depth(status, settings),
@@ -61,7 +62,7 @@ def legacy_workers_check(url: str, status: RolloutStatus, settings: Settings) ->
         with transaction(url) as session:
             workers = live_workers(session, fresh)
     except Exception as exc:
-        detail = f"{waiting} legacy job(s) waiting; heartbeats unreadable: {_first_line(exc)}"
+        detail = f"{waiting} legacy job(s) waiting; heartbeats unreadable: {first_line(exc)}"
         return {"name": name, "ok": waiting == 0, "detail": detail}
     detail = f"{waiting} legacy job(s) waiting, {workers.live} live legacy worker(s)"
     if workers.live:
@@ -74,10 +75,6 @@ def legacy_workers_check(url: str, status: RolloutStatus, settings: Settings) ->
     if failed:
         detail += f" (stale after {fresh:g} s)"
     return {"name": name, "ok": not failed, "detail": detail}
-
-
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _report(results: list[dict[str, Any]], at: str | None = None) -> dict[str, Any]:
