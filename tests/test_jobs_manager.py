@@ -170,6 +170,45 @@ def test_cancel_waiting_and_delayed_jobs(jm: JobManager) -> None:
             jm.cancel_job(job_id)
 
 
+def test_a_cancel_that_cannot_record_the_job_removes_nothing(jm: JobManager) -> None:
+    """The message's delete and the REVOKED row are one transaction: when the row cannot
+    be written (a trigger refuses it here, as a crash or a lost connection would), the
+    job is still waiting, not gone without a trace."""
+    name = label()
+    job_id = jm.send(job_record, {"label": name}, queue=IDLE)
+    table = jm.link.result_table
+    refuse = f"""
+        CREATE FUNCTION pg_temp.refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.task_id = '{job_id}' THEN RAISE EXCEPTION 'result store refused'; END IF;
+            RETURN NEW;
+        END $$;
+        """
+    with psycopg.connect(DATABASE_URL, autocommit=True) as c:
+        trigger = f"refuse_{job_id.replace('-', '')}"
+        c.execute(refuse.replace("pg_temp.refuse", f"public.{trigger}"))
+        c.execute(
+            f"CREATE TRIGGER {trigger} BEFORE INSERT OR UPDATE ON {table} "
+            f"FOR EACH ROW EXECUTE FUNCTION public.{trigger}()"
+        )
+        try:
+            with pytest.raises(Exception, match=r"result store refused|failed to store result"):
+                jm.cancel_job(job_id)
+            assert broker_rows(job_id) == 1
+            assert jm.get_job(job_id).state is JobState.CREATED
+        finally:
+            c.execute(f"DROP TRIGGER {trigger} ON {table}")
+            c.execute(f"DROP FUNCTION public.{trigger}()")
+    assert jm.cancel_job(job_id).state is JobState.CANCELLED
+    job = jm.get_job(job_id)  # read back: the REVOKED row keeps what retry_job sends
+    assert (job.state, job.name, job.kwargs) == (
+        JobState.CANCELLED,
+        job_record.name,
+        {"label": name},
+    )
+    assert broker_rows(job_id) == 0
+
+
 def test_cancel_running_job_with_terminate(jm: JobManager, worker: CeleryWorker) -> None:
     name = label()
     job_id = jm.send(job_hold, {"label": name}, queue=WORKED)

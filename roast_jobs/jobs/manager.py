@@ -16,6 +16,7 @@ from typing import Any
 
 from celery import Celery, states
 from celery.app.task import Context
+from celery.exceptions import TaskRevokedError
 
 from roast_jobs.broker.capture import Published, current_target, publishing
 
@@ -278,14 +279,7 @@ class JobManager:
             raise InvalidTransition(
                 job_id, job.state.value, "cancel", "a waiting, delayed or running job"
             )
-        removed = self.link.fetch(self.link.jobs.cancel_waiting, task_id=job_id)
-        if removed:
-            _row_id, queue, payload, created_at = removed[0]
-            name, args, kwargs = task_call(payload)
-            job = replace(job, name=job.name or name, args=args, kwargs=kwargs, queue=queue)
-            self._mark_revoked(job_id, job, "cancelled before it ran")
-            self._keep_options(job_id, payload, created_at)
-        else:
+        if not self._cancel_waiting(job_id, job):
             # Running (or claimed between our look and the delete): Celery's revoke.
             self.app.control.revoke(job_id, terminate=terminate)
             if terminate:
@@ -296,25 +290,58 @@ class JobManager:
             # No result backend keeps the REVOKED state: the message was its only trace.
             return replace(job, state=JobState.CANCELLED)
 
+    def _cancel_waiting(self, job_id: str, job: Job) -> bool:
+        """Delete the job's waiting message and record it REVOKED, with how it was sent,
+        in one transaction on one connection: a crash between the two would leave no
+        trace of the job (nothing to read, nothing for retry_job to send). False: no
+        waiting message (running, or claimed between our look and the delete)."""
+        backend = self.app.backend
+        table = getattr(backend, "task_cls", None)
+        if table is None:  # no result table: the message was the job's only trace anyway
+            return bool(self.link.fetch(self.link.jobs.cancel_waiting, task_id=job_id))
+        results = self._results()
+        assert results is not None
+        # The result backend's session (same database: check_app makes sure), so that
+        # Celery encodes the REVOKED row as it would itself.
+        session = backend.ResultSession()
+        try:
+            conn = session.connection()
+            removed = conn.exec_driver_sql(
+                self.link.jobs.cancel_waiting, {"task_id": job_id}
+            ).fetchall()
+            if not removed:
+                session.rollback()
+                return False
+            _row_id, queue, payload, created_at = removed[0]
+            name, args, kwargs = task_call(payload)
+            job = replace(job, name=job.name or name, args=args, kwargs=kwargs, queue=queue)
+            row = session.query(table).filter(table.task_id == job_id).with_for_update().first()
+            if row is None:
+                row = table(job_id)
+                session.add(row)
+            revoked = backend.encode_result(
+                TaskRevokedError("cancelled before it ran"), states.REVOKED
+            )
+            backend._update_result(row, revoked, states.REVOKED, request=_request(job_id, job))
+            session.flush()
+            options = _options_of_payload(payload)
+            if options is not None:
+                conn.exec_driver_sql(
+                    results.record_options,
+                    {
+                        "options": json.dumps(options),
+                        "sent": created_at.timestamp() if created_at is not None else None,
+                        "task_id": job_id,
+                    },
+                )
+            session.commit()
+            return True
+        finally:
+            session.close()
+
     def _mark_revoked(self, job_id: str, job: Job, reason: str) -> None:
         # Stored with the name and arguments, so that retry_job can send it again.
         self.app.backend.mark_as_revoked(job_id, reason, request=_request(job_id, job))
-
-    def _keep_options(self, job_id: str, payload: str, sent_at: Any) -> None:
-        """How a job that never started was sent, for retry_job (a start records it)."""
-        results = self._results()
-        try:
-            message = json.loads(payload)
-        except ValueError:
-            return
-        if results is None or not isinstance(message, dict):
-            return
-        self.link.fetch(
-            results.record_options,
-            options=json.dumps(options_of_message(message)),
-            sent=sent_at.timestamp() if sent_at is not None else None,
-            task_id=job_id,
-        )
 
     def retry_job(self, job_id: str) -> JobId:
         """Send a failed, cancelled, expired or dead-lettered job again, as it was sent:
@@ -399,6 +426,15 @@ def _enclosing_sink() -> Any:
     """The transaction of an enclosing ``enqueue_in()`` block, if any."""
     target = current_target()
     return target.sink if target is not None else None
+
+
+def _options_of_payload(payload: str) -> dict[str, Any] | None:
+    """How a job that never started was sent, for retry_job (a start records it)."""
+    try:
+        message = json.loads(payload)
+    except ValueError:
+        return None
+    return options_of_message(message) if isinstance(message, dict) else None
 
 
 def _request(job_id: str, job: Job) -> Context:
