@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -15,6 +17,7 @@ import pytest
 from roast_jobs.jobs import InvalidTransition, JobManager, JobNotFound, JobState
 from tests.apps.jobs_app import (
     job_fail,
+    job_fail_first_on_release,
     job_fail_slow_retry,
     job_flaky,
     job_hold,
@@ -23,7 +26,7 @@ from tests.apps.jobs_app import (
     record_run,
 )
 from tests.conftest import BROKER_SCHEMA, DATABASE_URL
-from tests.jobs_support import jm, new_queue, runs, wait_until, worker_fixture
+from tests.jobs_support import jm, new_queue, runs, start_worker, wait_until, worker_fixture
 from tests.workers import REPO, CeleryWorker
 
 __all__ = ["jm"]
@@ -285,6 +288,31 @@ def test_retry_cancelled_job_runs_under_a_new_id(jm: JobManager, worker: CeleryW
     assert state_of(jm, new_id, JobState.COMPLETED)
     assert jm.get_job(job_id).state is JobState.CANCELLED
     assert runs(name) == 1
+
+
+def test_a_retry_and_the_end_of_its_delivery_commit_together(jm: JobManager) -> None:
+    """A RoastTask fails while its worker's main process is stopped (so it cannot ack):
+    the retry is committed and the failed delivery is gone with it. Killed there, the
+    worker leaves one message, the retry, not a second delivery to run beside it."""
+    name, queue = label(), new_queue("jm-stalled")
+    stalled = start_worker("jm-stalled", queue, concurrency=1)
+    try:
+        job_id = jm.send(job_fail_first_on_release, {"label": name}, queue=queue)
+        assert wait_until(lambda: runs(name) == 1, timeout=60), stalled.log()[-3000:]
+        assert stalled.proc is not None
+        os.kill(stalled.proc.pid, signal.SIGSTOP)  # the main process: no ack, no renewal
+        record_run(None, f"release:{name}")  # the child's run fails now and retries
+        assert state_of(jm, job_id, JobState.RETRY), stalled.log()[-3000:]
+        assert broker_rows(job_id) == 1, "the failed delivery is still there beside its retry"
+    finally:
+        stalled.kill()
+    after = start_worker("jm-after", queue, concurrency=1)
+    try:
+        assert state_of(jm, job_id, JobState.COMPLETED), after.log()[-3000:]
+        assert wait_until(lambda: broker_rows(job_id) == 0, timeout=60)
+    finally:
+        after.stop()
+    assert runs(name) == 2  # the failed run and its one retry
 
 
 def test_retry_running_job_is_refused(jm: JobManager, worker: CeleryWorker) -> None:

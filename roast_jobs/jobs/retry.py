@@ -23,7 +23,10 @@ from typing import Any, ClassVar
 
 from celery.exceptions import Ignore, Reject, Retry
 
+from roast_jobs.broker.capture import PsycopgSink, current_target, publishing
 from roast_jobs.broker.payload import singleton_key
+from roast_jobs.broker.sql.jobs import job_statements
+from roast_jobs.broker.transport import Transport
 from roast_jobs.config import get_settings
 
 from .singleton import SingletonTask
@@ -128,6 +131,40 @@ class RoastTask(SingletonTask):
             raise self.retry(
                 exc=exc, countdown=policy.countdown(retries), max_retries=policy.limit, **extra
             ) from exc
+
+    def retry(
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        exc: BaseException | None = None,
+        throw: bool = True,
+        eta: Any = None,
+        countdown: float | None = None,
+        max_retries: int | None = None,
+        **options: Any,
+    ) -> Retry:
+        """Celery's retry. On the roast-jobs broker the retry's publish and the end of
+        this delivery are one transaction: Celery publishes, then acks when the run
+        returns, and a worker killed in between leaves the old delivery to run again
+        beside its retry. Inside a caller's ``enqueue_in`` the caller's transaction
+        decides, as for any publish."""
+        call = dict(args=args, kwargs=kwargs, exc=exc, eta=eta, countdown=countdown,
+                    max_retries=max_retries, **options)  # fmt: skip
+        request = self.request
+        if request.called_directly or request.is_eager or current_target() is not None:
+            return super().retry(throw=throw, **call)
+        with self.app.connection_for_write() as conn:
+            transport = conn.transport
+            if not isinstance(transport, Transport):
+                return super().retry(throw=throw, **call)
+            with transport.pool.connection() as db, db.transaction():
+                with publishing(sink=PsycopgSink(db)):
+                    sent = super().retry(throw=False, **call)
+                db.execute(job_statements(transport.options.schema).end_leased,
+                           {"task_id": request.id})  # fmt: skip
+        if throw:
+            raise sent
+        return sent
 
 
 # -- how a job was sent, for retry_job ------------------------------------------------

@@ -96,3 +96,14 @@ def job_hold(self, label: str, timeout: float = 120.0) -> str:
             return "released"
         time.sleep(0.1)
     return "timeout"
+
+
+@app.task(bind=True, base=RoastTask, retry_policy=RetryPolicy(limit=3, delay=1, jitter=False))
+def job_fail_first_on_release(self, label: str) -> str:
+    """The first run waits for 'release:<label>', then fails (retryable); retries pass."""
+    record_run(self.request.id, label, self.request.retries or 0)
+    if self.request.retries:
+        return "ok"
+    while not runs_of(f"release:{label}"):
+        time.sleep(0.1)
+    raise RuntimeError(f"job_fail_first_on_release {label}: failing on purpose")
