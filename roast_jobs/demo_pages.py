@@ -6,8 +6,10 @@ and its workers."""
 
 from __future__ import annotations
 
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 ARTICLE_PATH = "/posts/canary-rollouts"
 ARTICLE_TITLE = "What a Canary Rollout Teaches About Job Queues"
@@ -75,6 +77,10 @@ class ArticleServer(ThreadingHTTPServer):
     """``http.server`` on 127.0.0.1, serving the article at ``url`` from a daemon thread."""
 
     daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that hung up
+            super().handle_error(request, client_address)
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
