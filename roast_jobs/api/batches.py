@@ -1,5 +1,6 @@
-"""Batches: ``POST /api/batches`` (201), ``GET /api/batches`` (the caller's, with job
-counts) and ``GET /api/batches/{id}`` (progress and jobs; owner or admin)."""
+"""Batches: ``POST /api/batches`` (201; with an ephemeral agent and documents made in the
+request, as RoastMyPost's), ``GET /api/batches`` (the caller's, with job counts) and
+``GET /api/batches/{id}`` (progress and jobs; owner or admin)."""
 
 from typing import Annotated, Any, Literal
 
@@ -11,27 +12,64 @@ from sqlalchemy.orm import Session
 
 from roast_jobs.db.session import transaction
 from roast_jobs.domain import batches
+from roast_jobs.domain.ephemeral import MAX_INLINE_DOCUMENTS, EphemeralAgent, InlineDocument
 from roast_jobs.domain.payloads import MAX_BATCH_DOCUMENTS, Id
 from roast_jobs.logs import first_line
 from roast_jobs.service import batch_listing
 from roast_jobs.service.api_keys import Caller
-from roast_jobs.service.outcomes import CreatedBatch
+from roast_jobs.service.outcomes import CreatedBatch, InvalidRequest
 
 from . import owners
 from .deps import Body, PathId, Service, Tx, Url, User, exactly_one
 
 router = APIRouter(tags=["batches"])
 
-Name = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\x00]*$")]
+_NO_NUL = r"^[^\x00]*$"
+Name = Annotated[str, Field(min_length=1, max_length=255, pattern=_NO_NUL)]
+Description = Annotated[str, Field(max_length=5000, pattern=_NO_NUL)]
+LongText = Annotated[str, Field(max_length=100_000, pattern=_NO_NUL)]
+WebUrl = Annotated[str, Field(max_length=2048, pattern=r"^https?://[^\x00]+$")]
+
+
+class EphemeralAgentBody(Body):
+    """An agent made for this batch alone (deleted with it)."""
+
+    name: Name
+    description: Description | None = None
+    primaryInstructions: LongText | None = None
+    selfCritiqueInstructions: LongText | None = None
+    readme: LongText | None = None
+    providesGrades: bool | None = None
+
+
+class InlineDocumentBody(Body):
+    title: Annotated[str, Field(min_length=1, max_length=1000, pattern=_NO_NUL)]
+    # Its size rule (30 characters to 100,000 words) is the service's: a 400.
+    content: Annotated[str, Field(min_length=1, pattern=_NO_NUL)]
+    authors: list[Name] | None = Field(default=None, max_length=100)
+    url: WebUrl | None = None
+
+
+class EphemeralDocumentsBody(Body):
+    """Documents made for this batch alone (deleted with it). ``urls`` is refused: import
+    each with ``POST /api/import`` and pass ``documentIds``."""
+
+    inline: list[InlineDocumentBody] | None = Field(
+        default=None, min_length=1, max_length=MAX_INLINE_DOCUMENTS
+    )
+    urls: list[WebUrl] | None = Field(default=None, min_length=1, max_length=MAX_INLINE_DOCUMENTS)
 
 
 class BatchBody(Body):
-    agentId: Id
+    agentId: Id | None = None
+    ephemeralAgent: EphemeralAgentBody | None = None
     targetCount: int | None = Field(default=None, ge=1, le=100)
     documentIds: list[Id] | None = Field(default=None, min_length=1, max_length=MAX_BATCH_DOCUMENTS)
+    ephemeralDocuments: EphemeralDocumentsBody | None = None
     name: Name | None = None
     trackingId: Name | None = None
-    description: Annotated[str, Field(max_length=5000, pattern=r"^[^\x00]*$")] | None = None
+    description: Description | None = None
+    isEphemeral: bool | None = None
     expiresInDays: int | None = Field(default=None, ge=1, le=90)
 
 
@@ -64,15 +102,57 @@ def conflict_message(exc: IntegrityError, tracking_id: str | None) -> str:
     return f"conflicts with a change made at the same time: {first_line(exc)}"
 
 
+def inline_documents(body: BatchBody) -> list[InlineDocument] | None:
+    """The ephemeral documents asked for; refuses what cannot be made in the request."""
+    if body.ephemeralDocuments is None:
+        return None
+    if body.ephemeralDocuments.urls is not None:
+        raise InvalidRequest(
+            "ephemeralDocuments.urls is not supported: import each URL with POST /api/import, "
+            "then give the documents' ids as documentIds"
+        )
+    if body.ephemeralDocuments.inline is None:
+        raise InvalidRequest("ephemeralDocuments needs inline documents")
+    return [
+        InlineDocument(title=d.title, content=d.content, authors=d.authors or (), url=d.url)
+        for d in body.ephemeralDocuments.inline
+    ]
+
+
+def ephemeral_agent(body: BatchBody) -> EphemeralAgent | None:
+    spec = body.ephemeralAgent
+    if spec is None:
+        return None
+    return EphemeralAgent(
+        name=spec.name,
+        description=spec.description or "",
+        primary_instructions=spec.primaryInstructions,
+        self_critique_instructions=spec.selfCritiqueInstructions,
+        provides_grades=bool(spec.providesGrades),
+        readme=spec.readme,
+    )
+
+
 @router.post("/api/batches", status_code=201)
 def create_batch(body: BatchBody, who: User, url: Url, service: Service) -> dict[str, Any]:
-    """A batch of evaluations by one of the caller's agents: ``targetCount`` (1-100) jobs
-    over documents the agent evaluated before, or one job per listed document (the
-    caller's)."""
-    exactly_one("targetCount and documentIds", body.targetCount, body.documentIds)
+    """A batch of evaluations by one of the caller's agents (``agentId``) or by an agent
+    made for it (``ephemeralAgent``): ``targetCount`` (1-100) jobs over documents the
+    agent evaluated before, one job per listed document (the caller's), or one per
+    document made for it (``ephemeralDocuments.inline``). What is made for the batch is
+    the caller's, made in the batch's transaction, and deleted with the batch once it
+    expires (``expiresInDays``, default 7 for an ephemeral batch)."""
+    exactly_one("agentId and ephemeralAgent", body.agentId, body.ephemeralAgent)
+    exactly_one(
+        "targetCount and documentIds and ephemeralDocuments",
+        body.targetCount,
+        body.documentIds,
+        body.ephemeralDocuments,
+    )
+    documents = inline_documents(body)
     # Checks in a transaction of their own, ended before the service opens its own.
     with transaction(url) as s:
-        owners.check_agent(s, who, body.agentId)
+        if body.agentId is not None:
+            owners.check_agent(s, who, body.agentId)
         if body.documentIds is not None:
             check_documents(s, who, body.documentIds)
         if body.trackingId is not None:
@@ -92,6 +172,9 @@ def create_batch(body: BatchBody, who: User, url: Url, service: Service) -> dict
             tracking_id=body.trackingId,
             description=body.description,
             expires_in_days=body.expiresInDays,
+            ephemeral_agent=ephemeral_agent(body),
+            inline_documents=documents,
+            is_ephemeral=bool(body.isEphemeral),
         )
     except IntegrityError as exc:
         raise HTTPException(409, conflict_message(exc, body.trackingId)) from None
@@ -104,11 +187,11 @@ def create_batch(body: BatchBody, who: User, url: Url, service: Service) -> dict
             "trackingUrl": f"/api/batches/{created.id}",
             "createdAt": created.created_at,
             "expiresAt": created.expires_at,
-            "isEphemeral": False,
+            "isEphemeral": created.is_ephemeral,
             "jobCount": created.job_count,
             "fanOut": created.fan_out,
         },
-        "agent": {"id": created.agent_id, "isEphemeral": False},
+        "agent": {"id": created.agent_id, "isEphemeral": created.agent_is_ephemeral},
         "jobs": job_rows(created),
     }
 

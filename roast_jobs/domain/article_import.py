@@ -36,6 +36,7 @@ __all__ = [
     "MIN_CONTENT_CHARS",
     "ArticleImportError",
     "ImportedArticle",
+    "check_size",
     "detect_platforms",
     "extract_article",
     "fetch_article",
@@ -329,18 +330,7 @@ def extract_article(
         raise ArticleImportError(
             "extract_failed", f"invalid document: no article text could be extracted from {shown}"
         )
-    if len(content) < min_chars:
-        raise ArticleImportError(
-            "too_short",
-            f"invalid document: the article text of {shown} has {len(content)} characters, "
-            f"fewer than {min_chars}",
-        )
-    word_count = len(content.split())
-    if word_count > max_words:
-        raise ArticleImportError(
-            "too_long",
-            f"invalid document: {shown} has {word_count:,} words, more than {max_words:,}",
-        )
+    word_count = check_size(content, f"the article text of {shown}", max_words, min_chars)
     title = (meta.title if meta and meta.title else None) or (title_text or "").strip()
     return ImportedArticle(
         url=url,
@@ -352,6 +342,26 @@ def extract_article(
         platforms=tuple(dict.fromkeys(detect_platforms(url) + detect_platforms(final_url))),
         word_count=word_count,
     )
+
+
+def check_size(
+    content: str, what: str, max_words: int = MAX_WORDS, min_chars: int = MIN_CONTENT_CHARS
+) -> int:
+    """RoastMyPost's size rule for a document's text (at least ``min_chars`` characters,
+    at most ``max_words`` words), for imported and inline documents alike; returns the
+    word count. ``what`` names the text in the message."""
+    if len(content) < min_chars:
+        raise ArticleImportError(
+            "too_short",
+            f"invalid document: {what} has {len(content)} characters, fewer than {min_chars}",
+        )
+    word_count = len(content.split())
+    if word_count > max_words:
+        raise ArticleImportError(
+            "too_long",
+            f"invalid document: {what} has {word_count:,} words, more than {max_words:,}",
+        )
+    return word_count
 
 
 def _authors(value: str | None) -> tuple[str, ...]:

@@ -94,6 +94,85 @@ def sweep(session: Session, limit: int = 500) -> list[str]:
     return [batch_id for batch_id in ids if complete_if_done(session, batch_id)]
 
 
+# -- expired ephemeral batches ---------------------------------------------------------------
+# An ephemeral batch goes, once expired, with what was made for it: its ephemeral agent and
+# documents (ON DELETE CASCADE from the batch), their evaluations (with versions, comments
+# and highlights) and those evaluations' jobs. Jobs of the batch on evaluations that stay
+# (the caller's own agent and documents) stay too, without their batch (SET NULL), as in
+# RoastMyPost. {batches} is the batch-id condition.
+_EPHEMERAL_EVALUATIONS = """
+SELECT e.id FROM "Evaluation" e
+ WHERE e."agentId" IN (SELECT a.id FROM "Agent" a WHERE a."ephemeralBatchId" {batches})
+    OR e."documentId" IN (SELECT d.id FROM "Document" d WHERE d."ephemeralBatchId" {batches})
+"""
+
+# Kept while any of its jobs waits or runs, while another batch has a job on what would
+# go, or another batch uses its agent (the agent's cascade would delete that batch).
+_DELETABLE = f"""
+    b."isEphemeral" AND b."expiresAt" < CURRENT_TIMESTAMP
+AND NOT EXISTS (
+    SELECT 1 FROM "Job" j
+     WHERE (j."agentEvalBatchId" = b.id
+            OR j."evaluationId" IN ({_EPHEMERAL_EVALUATIONS.format(batches="= b.id")}))
+       AND (j.status IN ('PENDING', 'RUNNING') OR j."agentEvalBatchId" <> b.id))
+AND NOT EXISTS (
+    SELECT 1 FROM "Agent" a JOIN "AgentEvalBatch" o ON o."agentId" = a.id
+     WHERE a."ephemeralBatchId" = b.id AND o.id <> b.id)
+"""
+
+_CLAIM_EXPIRED = f"""
+SELECT b.id FROM "AgentEvalBatch" b
+ WHERE {_DELETABLE}
+ ORDER BY b."expiresAt"
+ LIMIT :limit
+   FOR UPDATE OF b SKIP LOCKED
+"""
+
+# Locked before the second look, so no evaluation or job can be added to them meanwhile
+# (an insert referencing a locked row waits for this transaction, then fails its key).
+_LOCK_EPHEMERAL_ROWS = [
+    'SELECT 1 FROM "Agent" WHERE "ephemeralBatchId" = ANY(:ids) FOR UPDATE',
+    'SELECT 1 FROM "Document" WHERE "ephemeralBatchId" = ANY(:ids) FOR UPDATE',
+    _EPHEMERAL_EVALUATIONS.format(batches="= ANY(:ids)") + " FOR UPDATE OF e",
+]
+
+_STILL_DELETABLE = f"""
+SELECT b.id FROM "AgentEvalBatch" b WHERE b.id = ANY(:ids) AND {_DELETABLE}
+"""
+
+# In this order: highlights first (a comment's delete does not cascade to its highlight),
+# then the evaluations, so no version still holds the agent's versions (ON DELETE
+# RESTRICT) whatever order the cascades run in, then the batches, whose delete cascades
+# to their ephemeral agent and documents.
+_DELETE_EPHEMERAL = [
+    f"""DELETE FROM "EvaluationHighlight" h
+         USING "EvaluationComment" c, "EvaluationVersion" v
+        WHERE h.id = c."highlightId" AND v.id = c."evaluationVersionId"
+          AND v."evaluationId" IN ({_EPHEMERAL_EVALUATIONS.format(batches="= ANY(:ids)")})""",
+    f"""DELETE FROM "Evaluation"
+        WHERE id IN ({_EPHEMERAL_EVALUATIONS.format(batches="= ANY(:ids)")})""",
+    'DELETE FROM "AgentEvalBatch" WHERE id = ANY(:ids)',
+]
+
+
+def delete_expired_ephemeral(session: Session, limit: int = 100) -> list[str]:
+    """Delete up to ``limit`` expired ephemeral batches with their ephemeral agent and
+    documents (maintenance); returns their ids. Batches another pass holds are skipped
+    (SKIP LOCKED), so passes at once delete disjoint batches."""
+    ids = [row[0] for row in session.execute(text(_CLAIM_EXPIRED), {"limit": limit})]
+    if not ids:
+        return []
+    for sql in _LOCK_EPHEMERAL_ROWS:
+        session.execute(text(sql), {"ids": ids})
+    # A second look, now that nothing can change under us: a job may have been made
+    # between the first look and the locks.
+    ids = [row[0] for row in session.execute(text(_STILL_DELETABLE), {"ids": ids})]
+    if ids:
+        for sql in _DELETE_EPHEMERAL:
+            session.execute(text(sql), {"ids": ids})
+    return ids
+
+
 @dataclass(frozen=True)
 class BatchProgress:
     id: str

@@ -9,14 +9,9 @@ from collections.abc import Sequence
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from roast_jobs.db.models import (
-    Agent,
-    AgentVersion,
-    Document,
-    DocumentVersion,
-    User,
-    new_uuid,
-)
+from roast_jobs.db.models import Document, User, new_uuid
+
+from . import agents, documents
 
 _TOPICS = [
     "forecasting",
@@ -65,21 +60,15 @@ def create_user(session: Session, name: str = "demo") -> str:
 def create_document(
     session: Session, user_id: str, title: str, content: str, import_url: str | None = None
 ) -> str:
-    doc = Document(submitted_by_id=user_id)
-    session.add(doc)
-    session.flush()
-    session.add(
-        DocumentVersion(
-            document_id=doc.id,
-            version=1,
-            title=title,
-            content=content,
-            authors=["Unknown Author"],
-            urls=[import_url] if import_url else [],
-            import_url=import_url,
-        )
+    doc = documents.create_document(
+        session,
+        user_id,
+        title=title,
+        content=content,
+        authors=["Unknown Author"],
+        urls=[import_url] if import_url else [],
+        import_url=import_url,
     )
-    session.flush()
     return doc.id
 
 
@@ -118,22 +107,15 @@ def create_agent(
     capability: str | None = None,
     provides_grades: bool = True,
 ) -> str:
-    agent = Agent(submitted_by_id=user_id)
-    session.add(agent)
-    session.flush()
-    session.add(
-        AgentVersion(
-            agent_id=agent.id,
-            version=1,
-            name=name,
-            description=f"{name} (sample)",
-            primary_instructions=instructions,
-            extended_capability_id=capability,
-            provides_grades=provides_grades,
-        )
+    return agents.create_agent(
+        session,
+        user_id,
+        name=name,
+        description=f"{name} (sample)",
+        primary_instructions=instructions,
+        extended_capability_id=capability,
+        provides_grades=provides_grades,
     )
-    session.flush()
-    return agent.id
 
 
 def ensure_evaluations(

@@ -2,12 +2,13 @@
 
 Each poll (every ``poll_interval``, or at once when a child exits or ``stop`` is called):
 reap finished children, kill children past their time limit or whose job was cancelled,
-record what earlier polls could not (the database was away), sweep stale RUNNING jobs now
-and then, and claim PENDING legacy jobs for the free slots. The parent claims, so it knows
-every child's job: a killed child's job is failed at once instead of staying RUNNING until
-the stale sweep. Idle, a poll is one small UPDATE (the claim that finds nothing). Every
-``legacy_heartbeat_seconds`` a poll also upserts the worker's ``"WorkerHeartbeat"`` row
-(``heartbeat``), which health and metrics read; a clean stop deletes it.
+record what earlier polls could not (the database was away), sweep stale RUNNING jobs (and
+delete expired ephemeral batches) now and then, and claim PENDING legacy jobs for the free
+slots. The parent claims, so it knows every child's job: a killed child's job is failed at
+once instead of staying RUNNING until the stale sweep. Idle, a poll is one small UPDATE
+(the claim that finds nothing). Every ``legacy_heartbeat_seconds`` a poll also upserts the
+worker's ``"WorkerHeartbeat"`` row (``heartbeat``), which health and metrics read; a clean
+stop deletes it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
 from roast_jobs.config import get_settings
+from roast_jobs.domain import batches
 from roast_jobs.domain.runner import TimeLimitExceeded, time_limit_of_evaluation
 from roast_jobs.jobs.results import sqlalchemy_url
 from roast_jobs.logs import job_fields
@@ -312,6 +314,19 @@ class LegacyWorker:
             self._database_error("the stale sweep", exc)
             return
         self._next_stale_check = time.monotonic() + self.stale_check
+        self._delete_expired_batches()
+
+    def _delete_expired_batches(self) -> None:
+        """RoastMyPost's clean-up of expired ephemeral batches, at the stale sweep's pace:
+        the legacy worker runs whatever the rollout, Celery's beat may not."""
+        try:
+            with self._transaction() as session:
+                deleted = batches.delete_expired_ephemeral(session)
+        except Exception as exc:
+            self._database_error("deleting expired ephemeral batches", exc)
+            return
+        if deleted:
+            log.info("deleted %d expired ephemeral batches: %s", len(deleted), ", ".join(deleted))
 
     def _claim(self) -> None:
         while len(self._children) < self.max_workers:

@@ -27,7 +27,8 @@ from sqlalchemy.orm import Session
 from roast_jobs.config import get_settings
 from roast_jobs.db.models import ACTIVE_STATUSES, AgentEvalBatch, Backend, JobStatus
 from roast_jobs.db.session import transaction
-from roast_jobs.domain import batches, job_records
+from roast_jobs.domain import batches, ephemeral, job_records
+from roast_jobs.domain.ephemeral import EphemeralAgent, InlineDocument
 from roast_jobs.domain.evaluations import (
     NotFound,
     Paused,
@@ -115,6 +116,48 @@ SELECT j.id, 'PENDING', 0, j.ev, j.batch, j.orig, j.backend, j.broker,
 ON CONFLICT DO NOTHING  -- any unique: racing fan-outs may meet on brokerJobId first
 RETURNING id
 """
+
+
+def _check_batch_request(
+    agent_id: str | None,
+    ephemeral_agent: EphemeralAgent | None,
+    target_count: int | None,
+    document_ids: Sequence[str] | None,
+    inline_documents: Sequence[InlineDocument] | None,
+    user_id: str | None,
+) -> list[str] | None:
+    """Refuse a batch request before anything is written; returns the document ids
+    without repeats."""
+    if (agent_id is None) == (ephemeral_agent is None):
+        raise InvalidRequest("give either agent_id or ephemeral_agent, not both or none")
+    if sum(x is not None for x in (target_count, document_ids, inline_documents)) != 1:
+        raise InvalidRequest(
+            "give either target_count, document_ids or inline_documents (exactly one)"
+        )
+    if (ephemeral_agent is not None or inline_documents is not None) and user_id is None:
+        raise InvalidRequest("ephemeral agents and documents need a user_id (their owner)")
+    if target_count is not None and not 1 <= target_count <= 100:
+        raise InvalidRequest(f"target_count must be 1-100, not {target_count}")
+    if inline_documents is not None:
+        if not 1 <= len(inline_documents) <= ephemeral.MAX_INLINE_DOCUMENTS:
+            raise InvalidRequest(
+                f"give 1-{ephemeral.MAX_INLINE_DOCUMENTS} inline documents, "
+                f"not {len(inline_documents)}"
+            )
+        try:
+            ephemeral.check_documents(inline_documents)
+        except ephemeral.InvalidDocument as exc:
+            raise InvalidRequest(str(exc)) from None
+    if document_ids is None:
+        return None
+    document_ids = list(dict.fromkeys(document_ids))
+    if not document_ids:
+        raise InvalidRequest("document_ids is empty")
+    if len(document_ids) > MAX_BATCH_DOCUMENTS:
+        raise InvalidRequest(
+            f"at most {MAX_BATCH_DOCUMENTS} documents per batch, not {len(document_ids)}"
+        )
+    return document_ids
 
 
 def _payload(job: NewJob) -> dict[str, Any]:
@@ -301,7 +344,7 @@ class JobService:
 
     def create_batch_jobs(
         self,
-        agent_id: str,
+        agent_id: str | None = None,
         *,
         target_count: int | None = None,
         document_ids: Sequence[str] | None = None,
@@ -310,41 +353,42 @@ class JobService:
         tracking_id: str | None = None,
         description: str | None = None,
         expires_in_days: int | None = None,
+        ephemeral_agent: EphemeralAgent | None = None,
+        inline_documents: Sequence[InlineDocument] | None = None,
+        is_ephemeral: bool = False,
     ) -> CreatedBatch:
         """A batch of jobs for one agent: ``target_count`` (1-100) jobs over documents it
         already evaluated (the legacy meaning: sampled, repeated to reach the count), or
         one per given document. Up to ``batch_inline_max`` jobs are created in the same
         transaction as the batch; more are fanned out in chunks by the ``batch`` task
-        (or here, chunk by chunk, when Celery is off)."""
+        (or here, chunk by chunk, when Celery is off).
+
+        ``ephemeral_agent`` (instead of ``agent_id``) and ``inline_documents`` (instead of
+        the other two) are made in the batch's transaction, owned by ``user_id`` and tied
+        to the batch. Such a batch is ephemeral, as is one made with ``is_ephemeral``: it
+        expires after ``expires_in_days`` (default 7) and maintenance then deletes it
+        with what was made for it."""
         settings = get_settings()
-        if (target_count is None) == (document_ids is None):
-            raise InvalidRequest("give either target_count or document_ids, not both or none")
-        if target_count is not None and not 1 <= target_count <= 100:
-            raise InvalidRequest(f"target_count must be 1-100, not {target_count}")
-        if document_ids is not None:
-            document_ids = list(dict.fromkeys(document_ids))
-            if not document_ids:
-                raise InvalidRequest("document_ids is empty")
-            if len(document_ids) > MAX_BATCH_DOCUMENTS:
-                raise InvalidRequest(
-                    f"at most {MAX_BATCH_DOCUMENTS} documents per batch, not {len(document_ids)}"
-                )
+        document_ids = _check_batch_request(
+            agent_id, ephemeral_agent, target_count, document_ids, inline_documents, user_id
+        )
+        is_ephemeral = is_ephemeral or ephemeral_agent is not None or inline_documents is not None
+        if is_ephemeral and expires_in_days is None:
+            expires_in_days = ephemeral.DEFAULT_EXPIRES_IN_DAYS
         with self._tx() as session:
             flags = self.flags.current(session)  # no second connection
             check_pause(session)
+            made_agent, made_docs = None, []
+            if ephemeral_agent is not None or inline_documents is not None:
+                assert user_id is not None  # _check_batch_request refused it
+                if ephemeral_agent is not None:
+                    made_agent = ephemeral.create_agent(session, user_id, ephemeral_agent)
+                if inline_documents is not None:
+                    made_docs = ephemeral.create_documents(session, user_id, inline_documents)
+            agent_id = made_agent or agent_id
+            assert agent_id is not None  # _check_batch_request refused it
             check_agent(session, agent_id)
-            if target_count is not None:
-                pool = documents_with_versions(session, agent_id)
-                if not pool:
-                    raise InvalidRequest(
-                        f"agent {agent_id!r} has no evaluated documents to sample for "
-                        "target_count; give document_ids instead"
-                    )
-                random.SystemRandom().shuffle(pool)
-                chosen = pool[: min(target_count, len(pool))]
-                plan = [chosen[i % len(chosen)] for i in range(target_count)]
-            else:
-                plan = list(document_ids or [])
+            plan = made_docs or self._sample_plan(session, agent_id, target_count, document_ids)
             evaluations = upsert_evaluations(session, plan, agent_id)
             if user_id is None:
                 user_id = session.execute(
@@ -358,6 +402,7 @@ class JobService:
                 requested_document_ids=plan,
                 tracking_id=tracking_id,
                 description=description,
+                is_ephemeral=is_ephemeral,
                 expires_at=None
                 if expires_in_days is None
                 else datetime.now(UTC).replace(tzinfo=None) + timedelta(days=expires_in_days),
@@ -365,6 +410,7 @@ class JobService:
             session.add(batch)
             session.flush()
             session.refresh(batch)  # createdAt: the database's clock
+            ephemeral.attach(session, batch.id, made_agent, made_docs)
             made = partial(
                 CreatedBatch,
                 id=batch.id,
@@ -374,6 +420,8 @@ class JobService:
                 created_at=batch.created_at,
                 expires_at=batch.expires_at,
                 target_count=batch.target_count,
+                is_ephemeral=is_ephemeral,
+                agent_is_ephemeral=made_agent is not None,
             )
             if len(plan) <= settings.batch_inline_max:
                 jobs = self._batch_jobs(flags, batch.id, plan, evaluations, 0, len(plan))
@@ -398,6 +446,27 @@ class JobService:
             # chunks. Maintenance finishes it once the pause ends (fan_out is idempotent).
             return made(fan_out="paused")
         return made(fan_out="chunks")
+
+    @staticmethod
+    def _sample_plan(
+        session: Session,
+        agent_id: str,
+        target_count: int | None,
+        document_ids: Sequence[str] | None,
+    ) -> list[str]:
+        """The documents of a batch, one per job: the given ones, or ``target_count``
+        sampled from those the agent evaluated before (repeated to reach the count)."""
+        if target_count is None:
+            return list(document_ids or [])
+        pool = documents_with_versions(session, agent_id)
+        if not pool:
+            raise InvalidRequest(
+                f"agent {agent_id!r} has no evaluated documents to sample for "
+                "target_count; give document_ids instead"
+            )
+        random.SystemRandom().shuffle(pool)
+        chosen = pool[: min(target_count, len(pool))]
+        return [chosen[i % len(chosen)] for i in range(target_count)]
 
     @classmethod
     def _batch_jobs(

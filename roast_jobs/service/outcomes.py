@@ -51,6 +51,8 @@ class CreatedBatch:
     created_at: datetime | None = None
     expires_at: datetime | None = None
     target_count: int | None = None
+    is_ephemeral: bool = False
+    agent_is_ephemeral: bool = False  # made for this batch (and deleted with it)
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)

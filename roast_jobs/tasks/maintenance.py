@@ -1,6 +1,7 @@
 """The maintenance task, scheduled by ``roast-jobs beat``: the job features' pass
 (retention, clean-up), reconciliation of Celery-path ``Job`` rows with the broker,
-fan-outs that stopped half-way resumed, and the batch completion sweep."""
+fan-outs that stopped half-way resumed, the batch completion sweep, and expired ephemeral
+batches deleted."""
 
 from __future__ import annotations
 
@@ -23,9 +24,12 @@ def maintenance() -> dict[str, Any]:
     resumed = resume_fan_outs(job_service())
     with transaction() as session:
         completed = batches.sweep(session)
+    with transaction() as session:
+        expired = batches.delete_expired_ephemeral(session)
     return {
         "maintenance": report.as_dict() if report is not None else "another pass was running",
         "reconciled": [r.__dict__ for r in reconciled],
         "batches_completed": completed,
         "fan_outs_resumed": resumed,
+        "ephemeral_batches_deleted": expired,
     }
