@@ -1,5 +1,6 @@
 """``roast-jobs api`` (the HTTP API under uvicorn), ``roast-jobs keys create|list|revoke``
-(its API keys) and ``roast-jobs users role`` (who is an admin)."""
+(its API keys) and ``roast-jobs users role|plan|quota`` (who is an admin, and
+how many evaluations each user may ask for)."""
 
 from __future__ import annotations
 
@@ -99,3 +100,43 @@ def users_role(user: str, role: str) -> None:
     with one_line_errors(), transaction(database_url()) as session:
         user_id = api_keys.set_role(session, user, UserRole(role.upper()))
     click.echo(f"user {user_id} is now {role}")
+
+
+@users.command("plan")
+@click.argument("user")
+@click.argument("plan", type=click.Choice(["regular", "pro"]))
+def users_plan(user: str, plan: str) -> None:
+    """Put USER (an id or an email) on a plan: how many evaluations an hour and a month
+    the HTTP API lets them ask for."""
+    from roast_jobs.db.models import Plan
+    from roast_jobs.db.session import transaction
+    from roast_jobs.service import api_keys, quotas
+
+    chosen = Plan(plan.upper())
+    with one_line_errors(), transaction(database_url()) as session:
+        user_id, _ = api_keys.find_user(session, user)
+        quotas.set_plan(session, user_id, chosen)
+    hour, month = quotas.limits(chosen)
+    click.echo(
+        f"user {user_id} is now on {chosen.value}: {hour} evaluations an hour, {month} a month"
+    )
+
+
+@users.command("quota")
+@click.argument("user")
+@_json_option
+def users_quota(user: str, as_json: bool) -> None:
+    """USER's plan and the evaluations counted this hour and month."""
+    from roast_jobs.db.session import transaction
+    from roast_jobs.service import api_keys, quotas
+
+    with one_line_errors(), transaction(database_url()) as session:
+        user_id, _ = api_keys.find_user(session, user)
+        usage = quotas.usage_of(session, user_id)
+    if as_json:
+        _echo_json({"user": user_id, **usage.as_dict()})
+        return
+    click.echo(
+        f"user {user_id} on {usage.plan.value}: {usage.hour}/{usage.hour_limit} this hour, "
+        f"{usage.month}/{usage.month_limit} this month"
+    )

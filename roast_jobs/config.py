@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     maintenance_interval: float = Field(default=60.0, gt=0)
 
     # -- the RoastMyPost job domain ---------------------------------------------------------
+    # Evaluations a user may ask for through the HTTP API, per hour and per month, by
+    # plan (RoastMyPost's rate limits; service/quotas.py). Off: no limit, nothing counted.
+    quota_enabled: bool = True
+    quota_regular_hour: int = Field(default=20, ge=0)
+    quota_regular_month: int = Field(default=300, ge=0)
+    quota_pro_hour: int = Field(default=100, ge=0)
+    quota_pro_month: int = Field(default=1000, ge=0)
     # Feature flags: these override the FeatureFlag table when set (None: the table rules).
     use_celery: bool | None = None
     celery_rollout_percent: int | None = Field(default=None, ge=0, le=100)

@@ -17,6 +17,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error, positive_data_acceptance
+from schemathesis.core.parameters import ParameterLocation
 
 from roast_jobs.api import create_app
 from tests.api_support import auth, serve_api
@@ -61,14 +62,18 @@ def test_the_server_serves_this_document(api: str) -> None:
 def test_every_operation_answers_within_its_schema(
     case: Any, api: str, people: dict[str, Any]
 ) -> None:
+    # A case whose headers were made invalid on purpose (the key left out) goes without
+    # the key: adding it back would undo the mutation the negative check then expects
+    # refused.
+    headers = {} if case.meta.is_negative_at(ParameterLocation.HEADER) else auth(people["admin"])
     if (case.method, case.path) != ("POST", "/api/import"):
-        case.call_and_validate(base_url=api, headers=auth(people["admin"]), timeout=60)
+        case.call_and_validate(base_url=api, headers=headers, timeout=60)
         return
     # The one deliberate 5xx: an import run in the request (flags on the legacy side) of
     # a well-formed URL that cannot be fetched is 502, the upstream's failure, not ours.
     answer = case.call_and_validate(
         base_url=api,
-        headers=auth(people["admin"]),
+        headers=headers,
         timeout=60,
         excluded_checks=[not_a_server_error, positive_data_acceptance],
     )

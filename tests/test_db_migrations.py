@@ -220,10 +220,11 @@ def test_empty_database_gets_every_table_at_head() -> None:
         migrate.upgrade(url)
 
         assert tables(url) == set(Base.metadata.tables) | {"alembic_version"}
-        assert migrate.current(url) == migrate.head() == "0004"
+        assert migrate.current(url) == migrate.head() == "0005"
         assert catalog(url)["enums"] == {
             "JobStatus": ["PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED"],
             "UserRole": ["USER", "ADMIN"],
+            "Plan": ["REGULAR", "PRO"],
         }
 
 
@@ -555,7 +556,7 @@ def test_cli_db_upgrade_and_current() -> None:
         done = roast_jobs(url, "upgrade")
         assert done.returncode == 0, done.stderr
         lines = done.stdout.splitlines()
-        assert lines[0] == "database at revision 0004 (was: none)"
+        assert lines[0] == "database at revision 0005 (was: none)"
         assert "broker schema" in lines[1] and lines[1].endswith("are ready")
         schemas = [os.environ["ROAST_JOBS_BROKER_SCHEMA"], os.environ["ROAST_JOBS_RESULT_SCHEMA"]]
         found = query(
@@ -564,10 +565,10 @@ def test_cli_db_upgrade_and_current() -> None:
         assert {name for (name,) in found} == set(schemas)
 
         done = roast_jobs(url, "current")
-        assert (done.returncode, done.stdout) == (0, "0004\n"), done.stderr
+        assert (done.returncode, done.stdout) == (0, "0005\n"), done.stderr
         done = roast_jobs(url, "upgrade")
         assert done.returncode == 0, done.stderr
-        assert done.stdout.splitlines()[0] == "database at revision 0004 (was: 0004)"
+        assert done.stdout.splitlines()[0] == "database at revision 0005 (was: 0005)"
 
 
 def test_cli_db_upgrade_reports_an_unreachable_database_in_one_line() -> None:

@@ -173,12 +173,14 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 15) -> None:
         proc.wait(10)
 
 
-def run_cli(url: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    url: str, *args: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """``roast-jobs ARGS`` on ``url``'s database, its output captured."""
     return subprocess.run(
         [sys.executable, "-m", "roast_jobs.cli", *args],
         cwd=REPO,
-        env={**os.environ, "DATABASE_URL": url},
+        env={**os.environ, "DATABASE_URL": url, **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
@@ -21,6 +22,7 @@ from roast_jobs.jobs.errors import DeadLetterNotFound, InvalidTransition
 from roast_jobs.jobs.errors import JobNotFound as BrokerJobNotFound
 from roast_jobs.logs import first_line
 from roast_jobs.service.outcomes import InvalidRequest, SystemPaused
+from roast_jobs.service.quotas import QuotaExceeded
 
 
 class ErrorBody(BaseModel):
@@ -38,6 +40,16 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
         (409, "Conflicts with what exists"),
         (503, "Job creation is paused, or the system is degraded"),
     )
+}
+
+#: For the routes that charge the caller's evaluation quota.
+QUOTA_RESPONSES: dict[int | str, dict[str, Any]] = {
+    429: {
+        "model": ErrorBody,
+        "description": "Over the plan's evaluations per hour or month (Retry-After says "
+        "when the window starts again); nothing was created",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+    }
 }
 
 
@@ -105,6 +117,11 @@ def install(app: FastAPI) -> None:
         # The page could not be fetched (may pass later: 502), or is not importable (422).
         body = {**_body(f"import failed: {exc}"), "reason": exc.reason}
         return JSONResponse(body, 502 if exc.retryable else 422)
+
+    @app.exception_handler(QuotaExceeded)
+    def _quota(_r: Request, exc: QuotaExceeded) -> JSONResponse:
+        body = {**_body(str(exc)), "quota": jsonable_encoder(exc.usage.as_dict())}
+        return JSONResponse(body, 429, headers={"Retry-After": str(exc.retry_after())})
 
     @app.exception_handler(DataError)
     def _data(_r: Request, exc: DataError) -> JSONResponse:

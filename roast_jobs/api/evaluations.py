@@ -10,11 +10,13 @@ from sqlalchemy import text
 
 from roast_jobs.db.session import transaction
 from roast_jobs.domain.payloads import MAX_BATCH_DOCUMENTS, MAX_IMPORT_AGENTS, Id
+from roast_jobs.service import quotas
 from roast_jobs.service.evaluation_requests import current_evaluation, request_evaluation
 
 from . import owners
 from .batches import Name, job_rows
 from .deps import Body, PathId, Service, Tx, Url, User, exactly_one
+from .errors import QUOTA_RESPONSES
 
 router = APIRouter(tags=["evaluations"])
 
@@ -82,7 +84,7 @@ def eval_batch(
     }
 
 
-@router.post("/api/documents/{document_id}/evaluations", status_code=201)
+@router.post("/api/documents/{document_id}/evaluations", status_code=201, responses=QUOTA_RESPONSES)
 def evaluate_document(
     document_id: PathId, body: DocumentEvaluationsBody, who: User, s: Tx, service: Service
 ) -> dict[str, Any]:
@@ -99,6 +101,7 @@ def evaluate_document(
         ).scalars()
     )
     jobs = service.create_evaluation_jobs(document_id, agents, session=s)  # one transaction
+    quotas.charge(s, who.user_id, len(jobs))  # over the limit: the jobs roll back with it
     out = [
         {
             "agentId": j.agent_id,
@@ -123,7 +126,7 @@ def get_evaluation(document_id: PathId, agent_id: PathId, who: User, s: Tx) -> d
     return {"evaluation": current_evaluation(s, document_id, agent_id)}
 
 
-@router.post("/api/docs/{document_id}/evals/{agent_id}")
+@router.post("/api/docs/{document_id}/evals/{agent_id}", responses=QUOTA_RESPONSES)
 def run_evaluation(
     document_id: PathId, agent_id: PathId, who: User, s: Tx, service: Service
 ) -> dict[str, Any]:
@@ -131,6 +134,7 @@ def run_evaluation(
     400 while a job of it is waiting or running."""
     owners.check_document(s, who, document_id)
     made = request_evaluation(service, s, document_id, agent_id)
+    quotas.charge(s, who.user_id, 1)
     return {
         "success": True,
         "evaluation": made["evaluation"],
@@ -139,7 +143,7 @@ def run_evaluation(
     }
 
 
-@router.post("/api/docs/{document_id}/evals/{agent_id}/rerun")
+@router.post("/api/docs/{document_id}/evals/{agent_id}/rerun", responses=QUOTA_RESPONSES)
 def rerun_evaluation(
     document_id: PathId,
     agent_id: PathId,
@@ -154,6 +158,7 @@ def rerun_evaluation(
     made = request_evaluation(
         service, s, document_id, agent_id, rerun=True, from_version=from_version
     )
+    quotas.charge(s, who.user_id, 1)
     return {
         "success": True,
         "evaluation": made["evaluation"],
@@ -161,3 +166,10 @@ def rerun_evaluation(
         "message": f"re-run queued on {made['job']['backend']}",
         "context": {"fromVersion": from_version, "previousVersion": made["previousVersion"]},
     }
+
+
+@router.get("/api/quota")
+def my_quota(who: User, s: Tx) -> dict[str, Any]:
+    """The caller's plan and the evaluations counted this hour and month (requests that
+    create evaluation jobs count; batches do not, as in RoastMyPost)."""
+    return {**quotas.usage_of(s, who.user_id).as_dict(), "enabled": quotas.enabled()}

@@ -14,7 +14,7 @@ from roast_jobs.jobs.errors import JobNotFound
 from roast_jobs.service.job_service import IMPORT_TASK
 
 from .deps import Body, PathId, Service, User
-from .errors import ErrorBody
+from .errors import QUOTA_RESPONSES, ErrorBody
 
 router = APIRouter(tags=["imports"])
 
@@ -30,13 +30,16 @@ class ImportBody(Body):
     responses={
         201: {"description": "Imported in the request (the flags keep imports legacy)"},
         502: {"model": ErrorBody, "description": "The page could not be fetched (may pass later)"},
+        **QUOTA_RESPONSES,
     },
 )
 def import_article(body: ImportBody, who: User, service: Service) -> JSONResponse:
     """Import the article at ``url`` as the caller's document and queue its evaluations
     by ``agentIds``. One import per URL is in flight at a time: a second request while
     one runs gets the same job (``created: false``)."""
-    made = service.create_import_job(body.url, body.agentIds, submitted_by_id=who.user_id)
+    made = service.create_import_job(
+        body.url, body.agentIds, submitted_by_id=who.user_id, quota=True
+    )
     if made.backend == "celery":
         return JSONResponse(
             {

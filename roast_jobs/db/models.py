@@ -85,6 +85,11 @@ class UserRole(enum.StrEnum):
     ADMIN = "ADMIN"
 
 
+class Plan(enum.StrEnum):
+    REGULAR = "REGULAR"
+    PRO = "PRO"
+
+
 class Backend(enum.StrEnum):
     LEGACY = "legacy"
     CELERY = "celery"
@@ -113,8 +118,8 @@ def _updated() -> Mapped[datetime]:
 
 
 class User(Base):
-    """Only what the foreign keys need. RoastMyPost's User has more (role, plan of type
-    "Plan", rate-limit counters; no createdAt/updatedAt), all with defaults: rows inserted
+    """What the foreign keys, the API's roles and the quota need. RoastMyPost's User has
+    more (emailVerified, image; no createdAt/updatedAt), all with defaults: rows inserted
     with just these columns are valid there too."""
 
     __tablename__ = "User"
@@ -126,6 +131,18 @@ class User(Base):
     role: Mapped[UserRole] = mapped_column(
         Enum(UserRole, name="UserRole"), server_default=UserRole.USER.value, nullable=False
     )
+    # Prisma's evaluation quota; migration 0005 adds them where missing (service/quotas.py).
+    plan: Mapped[Plan] = mapped_column(
+        Enum(Plan, name="Plan"), server_default=Plan.REGULAR.value, nullable=False
+    )
+    evals_this_hour: Mapped[int] = mapped_column(
+        "evalsThisHour", Integer, server_default=text("0"), nullable=False
+    )
+    evals_this_month: Mapped[int] = mapped_column(
+        "evalsThisMonth", Integer, server_default=text("0"), nullable=False
+    )
+    hour_reset_at: Mapped[datetime | None] = mapped_column("hourResetAt", Timestamp)
+    month_reset_at: Mapped[datetime | None] = mapped_column("monthResetAt", Timestamp)
 
 
 class Document(Base):

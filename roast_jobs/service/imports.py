@@ -11,6 +11,7 @@ from roast_jobs.domain.article_import import fetch_article
 from roast_jobs.domain.documents import store_article
 from roast_jobs.domain.payloads import ImportPayload
 
+from . import quotas
 from .job_service import check_pause
 
 if TYPE_CHECKING:
@@ -32,9 +33,10 @@ def _importer(session: Any) -> str:
     return str(row.scalar_one())
 
 
-def run_import(service: JobService, payload: ImportPayload) -> dict[str, Any]:
+def run_import(service: JobService, payload: ImportPayload, charged: int = 0) -> dict[str, Any]:
     """Import ``payload.url``; raises ``ArticleImportError`` (``.retryable`` says whether
-    trying again may help). Returns the legacy response's shape plus the jobs."""
+    trying again may help). Returns the legacy response's shape plus the jobs. ``charged``
+    evaluations go on the submitter's quota with the jobs (over it: nothing is stored)."""
     article = fetch_article(payload.url)
     with service._tx() as session:
         check_pause(session)
@@ -45,6 +47,8 @@ def run_import(service: JobService, payload: ImportPayload) -> dict[str, Any]:
             if payload.agent_ids
             else []
         )
+        if payload.submitted_by_id is not None:
+            quotas.charge(session, payload.submitted_by_id, charged)
         return {
             "success": True,
             "documentId": doc.id,

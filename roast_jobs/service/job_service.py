@@ -43,6 +43,7 @@ from roast_jobs.domain.runner import time_limit_for, time_limit_of_evaluation
 from roast_jobs.jobs import JobManager, TaskCall, enqueue_in
 from roast_jobs.jobs.errors import JobError
 
+from . import quotas
 from .evaluation_requests import lock_evaluation
 from .flags import FlagCache, Flags
 from .outcomes import (
@@ -525,10 +526,14 @@ class JobService:
         agent_ids: Sequence[str] = (),
         *,
         submitted_by_id: str | None = None,
+        quota: bool = False,
     ) -> CreatedImport:
         """Import the article at ``url`` and queue evaluations by ``agent_ids``. On Celery
         one ``import`` task per (user, URL) is in flight at a time (singleton key); with Celery
-        off for this URL it runs here, as the legacy request did."""
+        off for this URL it runs here, as the legacy request did. ``quota``: charge the
+        evaluations to ``submitted_by_id``'s quota (``quotas``), in the transaction that
+        sends the import (Celery) or stores the document and its jobs (legacy)."""
+        charged = len(agent_ids) if quota and submitted_by_id is not None else 0
         payload = parse(
             ImportPayload,
             {"url": url, "agent_ids": list(agent_ids), "submitted_by_id": submitted_by_id},
@@ -550,10 +555,14 @@ class JobService:
                     # their agents, and its id is not ours to see.
                     singleton_key=f"import:{payload.submitted_by_id or '-'}:{payload.url}",
                 )
+                if task_id.created and submitted_by_id is not None:
+                    quotas.charge(session, submitted_by_id, charged)
                 return CreatedImport("celery", str(task_id), task_id.created)
+            if submitted_by_id is not None:  # refused before the page is fetched
+                quotas.check(session, submitted_by_id, charged)
         from .imports import run_import
 
-        return CreatedImport("legacy", result=run_import(self, payload))
+        return CreatedImport("legacy", result=run_import(self, payload, charged))
 
     @staticmethod
     def _check_user(session: Session, user_id: str) -> None:
