@@ -162,13 +162,16 @@ def post_import(api: str, user: dict[str, Any], agents: list[str]) -> httpx.Resp
 def test_an_import_over_the_quota_sends_nothing(
     api: str, app_db: str, user: dict[str, Any], service: JobService
 ) -> None:
+    for doc in user["docs"][:2]:
+        assert evaluate(api, user, doc).status_code == 200
+    agents = [user["agent"], user["agent"]]
+    # Legacy side (the import runs in the request): refused before the page is fetched.
+    inline = post_import(api, user, agents)
+    assert inline.status_code == 429 and "this hour" in inline.json()["error"], inline.text
     rollout(service, 100)
     try:
-        for doc in user["docs"][:2]:
-            assert evaluate(api, user, doc).status_code == 200
         messages = f'SELECT count(*) FROM "{BROKER_SCHEMA}".message'
         before = fetch(app_db, messages)
-        agents = [user["agent"], user["agent"]]
         over = post_import(api, user, agents)
         assert over.status_code == 429, over.text
         assert fetch(app_db, messages) == before
