@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from celery.exceptions import TaskRevokedError
 
 import roast_jobs  # noqa: F401 - registers postgresql:// for kombu
 from roast_jobs.jobs import JobError, JobManager, JobNotFound, JobState
@@ -89,6 +90,22 @@ def test_without_a_result_backend_the_broker_tables_still_answer(schema: str) ->
         assert (status.waiting, status.scheduled, status.completed) == (1, 1, 0)
         with pytest.raises(JobNotFound):
             jm.get_job(uuid.uuid4().hex)
+    finally:
+        jm.stop()
+
+
+def test_a_cancel_reaches_a_result_backend_elsewhere(schema: str) -> None:
+    """With the results in a cache (no table beside the broker's), a cancelled waiting
+    job is still recorded there: its result reads REVOKED, not PENDING forever."""
+    app = user_app(schema, task_acks_late=True, result_backend="cache+memory://")
+    with pytest.warns(UserWarning):
+        jm = JobManager(app).start()
+    try:
+        waiting = app.send_task("user.noop", queue=f"cfg-{uuid.uuid4().hex[:8]}")
+        assert jm.cancel_job(waiting.id).state is JobState.CANCELLED
+        assert waiting.state == "REVOKED"
+        with pytest.raises(TaskRevokedError):
+            waiting.get(timeout=5)
     finally:
         jm.stop()
 

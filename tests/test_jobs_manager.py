@@ -23,6 +23,8 @@ from tests.apps.jobs_app import (
     job_hold,
     job_record,
     job_reject,
+    job_resend_and_return,
+    job_retry_inside_its_transaction,
     record_run,
 )
 from tests.conftest import BROKER_SCHEMA, DATABASE_URL
@@ -212,6 +214,21 @@ def test_a_cancel_that_cannot_record_the_job_removes_nothing(jm: JobManager) -> 
     assert broker_rows(job_id) == 0
 
 
+def test_a_cancel_keeps_a_success(jm: JobManager, worker: CeleryWorker) -> None:
+    """A task that sent itself again for later, then returned: cancelling what waits
+    leaves its success as it is (Celery's own store never overwrites one)."""
+    job_id = jm.send(job_resend_and_return, {"label": label()}, queue=WORKED)
+    stored = f"SELECT status FROM {jm.link.result_table} WHERE task_id = %s"
+    with psycopg.connect(DATABASE_URL, autocommit=True) as c:
+        succeeded = lambda: c.execute(stored, (job_id,)).fetchone() == ("SUCCESS",)  # noqa: E731
+        assert wait_until(succeeded), worker.log()[-3000:]
+    assert wait_until(lambda: broker_rows(job_id) == 1)  # acked: what it sent for later is left
+    jm.cancel_job(job_id)
+    assert broker_rows(job_id) == 0
+    job = jm.get_job(job_id)
+    assert (job.state, job.result) == (JobState.COMPLETED, 42)
+
+
 def test_cancel_running_job_with_terminate(jm: JobManager, worker: CeleryWorker) -> None:
     name = label()
     job_id = jm.send(job_hold, {"label": name}, queue=WORKED)
@@ -313,6 +330,18 @@ def test_a_retry_and_the_end_of_its_delivery_commit_together(jm: JobManager) -> 
     finally:
         after.stop()
     assert runs(name) == 2  # the failed run and its one retry
+
+
+def test_a_retry_raised_inside_the_tasks_own_transaction_is_kept(
+    jm: JobManager, worker: CeleryWorker
+) -> None:
+    """raise self.retry() inside the task's enqueue_in block rolls that block back; the
+    retry goes in a transaction of its own, so the job runs again (not RETRY forever)."""
+    name = label()
+    job_id = jm.send(job_retry_inside_its_transaction, {"label": name}, queue=WORKED)
+    assert state_of(jm, job_id, JobState.COMPLETED), worker.log()[-3000:]
+    assert runs(name) == 2
+    assert runs(f"{name}:rolled-back") == 0
 
 
 def test_retry_running_job_is_refused(jm: JobManager, worker: CeleryWorker) -> None:

@@ -297,8 +297,16 @@ class JobManager:
         waiting message (running, or claimed between our look and the delete)."""
         backend = self.app.backend
         table = getattr(backend, "task_cls", None)
-        if table is None:  # no result table: the message was the job's only trace anyway
-            return bool(self.link.fetch(self.link.jobs.cancel_waiting, task_id=job_id))
+        if table is None:
+            # No result table here (Redis, a cache): the backend is elsewhere and cannot
+            # share the delete's transaction; record the cancel there right after.
+            removed = self.link.fetch(self.link.jobs.cancel_waiting, task_id=job_id)
+            if removed:
+                _row_id, queue, payload, _created_at = removed[0]
+                name, args, kwargs = task_call(payload)
+                job = replace(job, name=job.name or name, args=args, kwargs=kwargs, queue=queue)
+                self._mark_revoked(job_id, job, "cancelled before it ran")
+            return bool(removed)
         results = self._results()
         assert results is not None
         # The result backend's session (same database: check_app makes sure), so that
@@ -319,6 +327,11 @@ class JobManager:
             if row is None:
                 row = table(job_id)
                 session.add(row)
+            if row.status == states.SUCCESS:
+                # As Celery's own store: nothing overwrites a success (a task that sent
+                # itself again with retry(throw=False), then returned).
+                session.commit()
+                return True
             revoked = backend.encode_result(
                 TaskRevokedError("cancelled before it ran"), states.REVOKED
             )

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
+import psycopg
 from celery.exceptions import Ignore, Reject, Retry
 
 from roast_jobs.broker.capture import PsycopgSink, current_target, publishing
@@ -146,22 +147,31 @@ class RoastTask(SingletonTask):
         """Celery's retry. On the roast-jobs broker the retry's publish and the end of
         this delivery are one transaction: Celery publishes, then acks when the run
         returns, and a worker killed in between leaves the old delivery to run again
-        beside its retry. Inside a caller's ``enqueue_in`` the caller's transaction
-        decides, as for any publish."""
+        beside its retry. Inside a caller's ``enqueue_in``, ``retry(throw=False)`` joins
+        the caller's transaction, as any publish does."""
         call = dict(args=args, kwargs=kwargs, exc=exc, eta=eta, countdown=countdown,
                     max_retries=max_retries, **options)  # fmt: skip
         request = self.request
-        if request.called_directly or request.is_eager or current_target() is not None:
+        if request.called_directly or request.is_eager:
             return super().retry(throw=throw, **call)
+        if current_target() is not None and not throw:
+            return super().retry(throw=False, **call)  # the caller's transaction decides
         with self.app.connection_for_write() as conn:
             transport = conn.transport
             if not isinstance(transport, Transport):
                 return super().retry(throw=throw, **call)
-            with transport.pool.connection() as db, db.transaction():
-                with publishing(sink=PsycopgSink(db)):
-                    sent = super().retry(throw=False, **call)
-                db.execute(job_statements(transport.options.schema).end_leased,
-                           {"task_id": request.id})  # fmt: skip
+            try:
+                # Its own transaction even inside a caller's enqueue_in: raised, the retry
+                # rolls the caller's back, and would take the retry with it.
+                with transport.pool.connection() as db, db.transaction():
+                    with publishing(sink=PsycopgSink(db)):
+                        sent = super().retry(throw=False, **call)
+                    db.execute(job_statements(transport.options.schema).end_leased,
+                               {"task_id": request.id})  # fmt: skip
+            except psycopg.Error as error:
+                # As Celery does when a retry cannot be sent: to the dead letters, not a
+                # FAILURE that hides the task's own error.
+                raise Reject(error, requeue=False) from error
         if throw:
             raise sent
         return sent

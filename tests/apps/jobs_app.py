@@ -12,7 +12,7 @@ import time
 import psycopg
 from celery.exceptions import Reject
 
-from roast_jobs.jobs import RetryPolicy, RoastTask
+from roast_jobs.jobs import RetryPolicy, RoastTask, enqueue_in
 from tests.apps.worker_app import app, settings
 
 __all__ = ["JOB_RUNS", "app", "ensure_job_runs"]
@@ -107,3 +107,23 @@ def job_fail_first_on_release(self, label: str) -> str:
     while not runs_of(f"release:{label}"):
         time.sleep(0.1)
     raise RuntimeError(f"job_fail_first_on_release {label}: failing on purpose")
+
+
+@app.task(bind=True)
+def job_resend_and_return(self, label: str) -> int:
+    """Sends itself again for later (retry without raising), then succeeds."""
+    record_run(self.request.id, label)
+    self.retry(countdown=600, throw=False)
+    return 42
+
+
+@app.task(bind=True, base=RoastTask)
+def job_retry_inside_its_transaction(self, label: str) -> str:
+    """Raises its retry from inside its own enqueue_in block (which rolls back)."""
+    record_run(self.request.id, label, self.request.retries or 0)
+    if self.request.retries:
+        return "ok"
+    url = settings.require_database_url().split("?")[0]
+    with psycopg.connect(url) as conn, enqueue_in(conn):
+        job_record.delay(f"{label}:rolled-back")  # goes with the transaction
+        raise self.retry(countdown=0.2)
