@@ -232,10 +232,14 @@ def test_refusals_write_nothing(
         {**body(), "ephemeralDocuments": {"inline": [{"title": "t"}]}},
         {**body(), "isEphemeral": 1},
         {**body(), "expiresInDays": 0},
+        # One "word" of a million and one characters; eleven documents of a million each.
+        {**body(), "ephemeralDocuments": {"inline": [{"title": "t", "content": "x" * 1_000_001}]}},
+        {**body(), "ephemeralDocuments": {"inline": [{"title": f"t{i}", "content": "x" * 1_000_000}
+                                                     for i in range(11)]}},
     ]  # fmt: skip
     for payload in schema_errors:
         refused = post(api, alice, payload)
-        assert refused.status_code == 422, (payload, refused.text)
+        assert refused.status_code == 422, (str(payload)[:300], refused.text[:300])
     admin = auth(people["admin"])
     opened = httpx.post(f"{api}/api/admin/pause", json={"reason": "ephemeral test"}, headers=admin)
     assert opened.status_code == 201, opened.text
@@ -321,3 +325,34 @@ def test_two_passes_at_once_take_different_batches(
     assert len(taken) == 2 and not set(taken) & set(rest)
     assert set(made) <= set(taken) | set(rest)
     assert not any(still_there(app_db, b) for b in made)
+
+
+def test_the_clean_up_never_waits_for_a_retry_of_its_job(
+    app_db: str, service: JobService, people: dict[str, Any]
+) -> None:
+    """A retry locks the failed job, then inserts its new job, which references the batch;
+    a clean-up that waited for the job's lock while holding the batch's would deadlock
+    with it. The clean-up leaves such a batch for a later pass instead."""
+    batch_id = ephemeral_batch(service, people["alice"]["id"], docs=1, seed=90)
+    set_status(app_db, batch_id, "FAILED")
+    expire(app_db, batch_id)
+    [(job_id,)] = fetch(app_db, 'SELECT id FROM "Job" WHERE "agentEvalBatchId" = %s', batch_id)
+    with psycopg.connect(app_db) as retry:  # as JobService.retry_job: the job's row first
+        retry.execute('SELECT 1 FROM "Job" WHERE id = %s FOR UPDATE', (job_id,))
+        with transaction(app_db) as sweep:
+            sweep.execute(text("SET LOCAL lock_timeout = '3s'"))  # waiting fails the test
+            assert batch_id not in batches.delete_expired_ephemeral(sweep)
+        retry.execute(
+            """INSERT INTO "Job" (id, status, "evaluationId", "agentEvalBatchId", backend,
+                                  "originalJobId")
+               SELECT gen_random_uuid()::text, 'PENDING', "evaluationId", "agentEvalBatchId",
+                      backend, id FROM "Job" WHERE id = %s""",
+            (job_id,),
+        )
+    assert still_there(app_db, batch_id)
+    with transaction(app_db) as sweep:  # its retry waits now: kept
+        assert batch_id not in batches.delete_expired_ephemeral(sweep)
+    set_status(app_db, batch_id, "COMPLETED")
+    with transaction(app_db) as sweep:
+        assert batch_id in batches.delete_expired_ephemeral(sweep)
+    assert not still_there(app_db, batch_id)

@@ -309,7 +309,13 @@ def test_a_loop_registration_refused_by_the_server_leaves_no_session(
 
     with Connection(url) as conn:
         conn.connect()
-        conn.transport.pool.clear()  # the check's NOTIFY must open a session of its own
+        pool = conn.transport.pool
+        cleared = [c.info.backend_pid for c in pool._idle]
+        pool.clear()  # the check's NOTIFY must open a session of its own
+        # A closed session leaves pg_stat_activity a moment later: counted now, it would
+        # leave one slot more than the one LISTEN takes.
+        gone = "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)"
+        assert wait_until(lambda: db.execute(gone, (cleared,)).fetchone()[0] == 0, timeout=30)
         hogs = [psycopg.connect(limited_role) for _ in range(4 - sessions() - 1)]
         try:
             for _ in range(5):

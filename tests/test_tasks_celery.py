@@ -21,6 +21,7 @@ from sqlalchemy import text
 from roast_jobs.config import get_settings
 from roast_jobs.db.session import transaction
 from roast_jobs.domain import job_records, sample_data
+from roast_jobs.domain.ephemeral import EphemeralAgent, InlineDocument
 from roast_jobs.service import flags
 from roast_jobs.service.job_service import EVALUATION_TASK, JobService
 from tests.apps.scripted_evaluator import calls
@@ -513,6 +514,48 @@ def test_the_maintenance_task_reconciles_and_sweeps_batches(
     assert done, service.manager.get_job(sent.id)
     assert [r["job_id"] for r in done.result["reconciled"]] == [lost.id]
     assert job_row(service.url, lost.id)["status"] == "FAILED"
+
+
+def test_a_failing_maintenance_step_leaves_the_others_to_run(
+    service: JobService, worker: CeleryWorker, people: dict[str, str]
+) -> None:
+    """The batch sweep fails (a trigger refuses its update once): the clean-up after it
+    still deletes an expired ephemeral batch, and the task fails naming the step."""
+    rollout(service, 0)  # jobs on the legacy side, which nobody runs here: made done below
+    try:
+        done_batch = service.create_batch_jobs(
+            people["agent"], document_ids=[document(service.url, people["user"], "Swept")],
+            user_id=people["user"],
+        )  # fmt: skip
+        gone = service.create_batch_jobs(
+            ephemeral_agent=EphemeralAgent(name="throwaway"),
+            inline_documents=[InlineDocument("Ephemeral", sample_data.sample_text(7)[1])],
+            user_id=people["user"],
+        )
+    finally:
+        rollout(service, 100)
+    with psycopg.connect(service.url, autocommit=True) as conn:
+        conn.execute(
+            """UPDATE "Job" SET status = 'COMPLETED', "completedAt" = CURRENT_TIMESTAMP
+                WHERE "agentEvalBatchId" = ANY(%s)""",
+            ([done_batch.id, gone.id],),
+        )
+        conn.execute(
+            """UPDATE "AgentEvalBatch" SET "expiresAt" = CURRENT_TIMESTAMP - interval '1 hour'
+                WHERE id = %s""",
+            (gone.id,),
+        )
+    _fail_once(service.url, "sweep_blip", "AgentEvalBatch",
+               f"NEW.id = '{done_batch.id}' AND NEW.\"completedAt\" IS NOT NULL",
+               "sweep refused")  # fmt: skip
+    sent = service.app.send_task("roast_jobs.maintenance", queue="maintenance")
+    failed = wait_until(
+        lambda: (j := service.manager.get_job(sent.id)).state.value == "failed" and j, 60
+    )
+    assert failed, service.manager.get_job(sent.id)
+    assert "failed: {'batches_completed': " in failed.error and "sweep refused" in failed.error
+    assert f"'ephemeral_batches_deleted': ['{gone.id}']" in failed.error
+    assert fetch(service.url, 'SELECT 1 FROM "AgentEvalBatch" WHERE id = %s', gone.id) == []
 
 
 def _fail_once(url: str, name: str, table: str, when: str, message: str) -> None:

@@ -2,10 +2,10 @@
 request, as RoastMyPost's), ``GET /api/batches`` (the caller's, with job counts) and
 ``GET /api/batches/{id}`` (progress and jobs; owner or admin)."""
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from fastapi import APIRouter, HTTPException, Query
-from pydantic import Field
+from pydantic import Field, model_validator
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -13,7 +13,12 @@ from sqlalchemy.orm import Session
 from roast_jobs.db.session import transaction
 from roast_jobs.domain import batches
 from roast_jobs.domain.ephemeral import MAX_INLINE_DOCUMENTS, EphemeralAgent, InlineDocument
-from roast_jobs.domain.payloads import MAX_BATCH_DOCUMENTS, Id
+from roast_jobs.domain.payloads import (
+    MAX_BATCH_DOCUMENTS,
+    MAX_CONTENT_CHARS,
+    MAX_INLINE_TOTAL_CHARS,
+    Id,
+)
 from roast_jobs.logs import first_line
 from roast_jobs.service import batch_listing
 from roast_jobs.service.api_keys import Caller
@@ -45,7 +50,7 @@ class EphemeralAgentBody(Body):
 class InlineDocumentBody(Body):
     title: Annotated[str, Field(min_length=1, max_length=1000, pattern=_NO_NUL)]
     # Its size rule (30 characters to 100,000 words) is the service's: a 400.
-    content: Annotated[str, Field(min_length=1, pattern=_NO_NUL)]
+    content: Annotated[str, Field(min_length=1, max_length=MAX_CONTENT_CHARS, pattern=_NO_NUL)]
     authors: list[Name] | None = Field(default=None, max_length=100)
     url: WebUrl | None = None
 
@@ -58,6 +63,16 @@ class EphemeralDocumentsBody(Body):
         default=None, min_length=1, max_length=MAX_INLINE_DOCUMENTS
     )
     urls: list[WebUrl] | None = Field(default=None, min_length=1, max_length=MAX_INLINE_DOCUMENTS)
+
+    @model_validator(mode="after")
+    def _not_too_much_text(self) -> Self:
+        total = sum(len(d.content) for d in self.inline or [])
+        if total > MAX_INLINE_TOTAL_CHARS:
+            raise ValueError(
+                f"inline documents hold {total:,} characters, more than "
+                f"{MAX_INLINE_TOTAL_CHARS:,} in one batch"
+            )
+        return self
 
 
 class BatchBody(Body):

@@ -19,6 +19,7 @@ import httpx
 import trafilatura
 
 from roast_jobs.config import get_settings
+from roast_jobs.domain.payloads import MAX_CONTENT_CHARS
 from roast_jobs.domain.url_safety import (
     ArticleImportError,
     IPNetwork,
@@ -354,6 +355,12 @@ def check_size(
         raise ArticleImportError(
             "too_short",
             f"invalid document: {what} has {len(content)} characters, fewer than {min_chars}",
+        )
+    if len(content) > MAX_CONTENT_CHARS:
+        raise ArticleImportError(
+            "too_long",
+            f"invalid document: {what} has {len(content):,} characters, more than "
+            f"{MAX_CONTENT_CHARS:,}",
         )
     word_count = len(content.split())
     if word_count > max_words:

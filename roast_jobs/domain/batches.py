@@ -99,11 +99,17 @@ def sweep(session: Session, limit: int = 500) -> list[str]:
 # documents (ON DELETE CASCADE from the batch), their evaluations (with versions, comments
 # and highlights) and those evaluations' jobs. Jobs of the batch on evaluations that stay
 # (the caller's own agent and documents) stay too, without their batch (SET NULL), as in
-# RoastMyPost. {batches} is the batch-id condition.
-_EPHEMERAL_EVALUATIONS = """
-SELECT e.id FROM "Evaluation" e
- WHERE e."agentId" IN (SELECT a.id FROM "Agent" a WHERE a."ephemeralBatchId" {batches})
-    OR e."documentId" IN (SELECT d.id FROM "Document" d WHERE d."ephemeralBatchId" {batches})
+# RoastMyPost. {batches} is the batch-id condition. Each part is an index lookup (Agent's
+# and Document's ephemeralBatchId, Evaluation's agentId and documentId, Job's evaluationId
+# and agentEvalBatchId): one OR across them made the planner scan "Job" per batch.
+# The ids are gathered into arrays first: joined, the planner guessed an ephemeral agent
+# had as many evaluations as the average agent and scanned "Evaluation" whole.
+_EPHEMERAL_AGENTS = 'ARRAY(SELECT id FROM "Agent" WHERE "ephemeralBatchId" {batches})'
+_EPHEMERAL_DOCUMENTS = 'ARRAY(SELECT id FROM "Document" WHERE "ephemeralBatchId" {batches})'
+_EPHEMERAL_EVALUATIONS = f"""
+SELECT e.id FROM "Evaluation" e WHERE e."agentId" = ANY({_EPHEMERAL_AGENTS})
+UNION ALL
+SELECT e.id FROM "Evaluation" e WHERE e."documentId" = ANY({_EPHEMERAL_DOCUMENTS})
 """
 
 # Kept while any of its jobs waits or runs, while another batch has a job on what would
@@ -112,9 +118,11 @@ _DELETABLE = f"""
     b."isEphemeral" AND b."expiresAt" < CURRENT_TIMESTAMP
 AND NOT EXISTS (
     SELECT 1 FROM "Job" j
-     WHERE (j."agentEvalBatchId" = b.id
-            OR j."evaluationId" IN ({_EPHEMERAL_EVALUATIONS.format(batches="= b.id")}))
-       AND (j.status IN ('PENDING', 'RUNNING') OR j."agentEvalBatchId" <> b.id))
+     WHERE j."agentEvalBatchId" = b.id AND j.status IN ('PENDING', 'RUNNING'))
+AND NOT EXISTS (
+    SELECT 1 FROM ({_EPHEMERAL_EVALUATIONS.format(batches="= b.id")}) ev
+      JOIN "Job" j ON j."evaluationId" = ev.id
+     WHERE j.status IN ('PENDING', 'RUNNING') OR j."agentEvalBatchId" <> b.id)
 AND NOT EXISTS (
     SELECT 1 FROM "Agent" a JOIN "AgentEvalBatch" o ON o."agentId" = a.id
      WHERE a."ephemeralBatchId" = b.id AND o.id <> b.id)
@@ -128,13 +136,35 @@ SELECT b.id FROM "AgentEvalBatch" b
    FOR UPDATE OF b SKIP LOCKED
 """
 
-# Locked before the second look, so no evaluation or job can be added to them meanwhile
-# (an insert referencing a locked row waits for this transaction, then fails its key).
-_LOCK_EPHEMERAL_ROWS = [
-    'SELECT 1 FROM "Agent" WHERE "ephemeralBatchId" = ANY(:ids) FOR UPDATE',
-    'SELECT 1 FROM "Document" WHERE "ephemeralBatchId" = ANY(:ids) FOR UPDATE',
-    _EPHEMERAL_EVALUATIONS.format(batches="= ANY(:ids)") + " FOR UPDATE OF e",
-]
+# The rows that would go, each with its batch: locked before the second look so that
+# nothing can be added to them meanwhile (an insert referencing a locked row waits for
+# this transaction, then fails its key). SKIP LOCKED: a batch with a row someone else
+# holds (a retry of its job, a request on its document) waits for a later pass; the
+# clean-up itself never waits, so it is never part of a deadlock.
+_ROWS_TO_LOCK = [
+    ('"Agent"', 'SELECT id, "ephemeralBatchId" FROM "Agent" WHERE "ephemeralBatchId" = ANY(:ids)'),
+    ('"Document"',
+     'SELECT id, "ephemeralBatchId" FROM "Document" WHERE "ephemeralBatchId" = ANY(:ids)'),
+    ('"Evaluation"', """
+     SELECT e.id, a."ephemeralBatchId" FROM "Agent" a JOIN "Evaluation" e ON e."agentId" = a.id
+      WHERE e."agentId" = ANY(ARRAY(SELECT id FROM "Agent" WHERE "ephemeralBatchId" = ANY(:ids)))
+     UNION
+     SELECT e.id, d."ephemeralBatchId" FROM "Document" d
+       JOIN "Evaluation" e ON e."documentId" = d.id
+      WHERE e."documentId" = ANY(
+            ARRAY(SELECT id FROM "Document" WHERE "ephemeralBatchId" = ANY(:ids)))"""),
+    ('"Job"', """
+     SELECT j.id, j."agentEvalBatchId" FROM "Job" j WHERE j."agentEvalBatchId" = ANY(:ids)
+     UNION
+     SELECT j.id, a."ephemeralBatchId" FROM "Agent" a
+       JOIN "Evaluation" e ON e."agentId" = a.id JOIN "Job" j ON j."evaluationId" = e.id
+      WHERE e."agentId" = ANY(ARRAY(SELECT id FROM "Agent" WHERE "ephemeralBatchId" = ANY(:ids)))
+     UNION
+     SELECT j.id, d."ephemeralBatchId" FROM "Document" d
+       JOIN "Evaluation" e ON e."documentId" = d.id JOIN "Job" j ON j."evaluationId" = e.id
+      WHERE e."documentId" = ANY(
+            ARRAY(SELECT id FROM "Document" WHERE "ephemeralBatchId" = ANY(:ids)))"""),
+]  # fmt: skip
 
 _STILL_DELETABLE = f"""
 SELECT b.id FROM "AgentEvalBatch" b WHERE b.id = ANY(:ids) AND {_DELETABLE}
@@ -155,15 +185,36 @@ _DELETE_EPHEMERAL = [
 ]
 
 
+def _lock_rows(session: Session, ids: list[str]) -> list[str]:
+    """Lock every row that would go with the batches ``ids`` (SKIP LOCKED); the batches
+    all of whose rows are now ours."""
+    kept = list(ids)
+    for table, rows_sql in _ROWS_TO_LOCK:
+        if not kept:
+            break
+        owned = session.execute(text(rows_sql), {"ids": kept}).all()
+        if not owned:
+            continue
+        locked = set(
+            session.execute(
+                text(f"SELECT id FROM {table} WHERE id = ANY(:rows) FOR UPDATE SKIP LOCKED"),
+                {"rows": [row_id for row_id, _ in owned]},
+            ).scalars()
+        )
+        held = {batch for row_id, batch in owned if row_id not in locked}
+        kept = [b for b in kept if b not in held]
+    return kept
+
+
 def delete_expired_ephemeral(session: Session, limit: int = 100) -> list[str]:
     """Delete up to ``limit`` expired ephemeral batches with their ephemeral agent and
-    documents (maintenance); returns their ids. Batches another pass holds are skipped
-    (SKIP LOCKED), so passes at once delete disjoint batches."""
+    documents (maintenance); returns their ids. It never waits for a lock: batches, or
+    rows of theirs, that another transaction holds are left for a later pass, so passes
+    at once delete disjoint batches."""
     ids = [row[0] for row in session.execute(text(_CLAIM_EXPIRED), {"limit": limit})]
+    ids = _lock_rows(session, ids) if ids else []
     if not ids:
         return []
-    for sql in _LOCK_EPHEMERAL_ROWS:
-        session.execute(text(sql), {"ids": ids})
     # A second look, now that nothing can change under us: a job may have been made
     # between the first look and the locks.
     ids = [row[0] for row in session.execute(text(_STILL_DELETABLE), {"ids": ids})]

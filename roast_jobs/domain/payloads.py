@@ -18,6 +18,10 @@ ID_MAX_LENGTH = 200
 
 MAX_BATCH_DOCUMENTS = 50_000
 MAX_IMPORT_AGENTS = 50
+#: A document's text, in characters (RoastMyPost caps it at 100,000 words; a "word" can
+#: be any length, so characters are capped too), and all inline documents of one batch.
+MAX_CONTENT_CHARS = 1_000_000
+MAX_INLINE_TOTAL_CHARS = 10_000_000
 
 
 class InvalidPayload(ValueError):
