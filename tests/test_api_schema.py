@@ -43,7 +43,11 @@ schema = schemathesis.openapi.from_dict(DOCUMENT, config=CONFIG)
 def api(app_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The API as deployed: no private network allowed to imports, so generated URLs on
     this machine (its database, its other services) are refused before any fetch."""
-    with serve_api(app_db, tmp_path_factory.mktemp("api") / "log") as base:
+    # Quotas high enough that the routes that charge them keep answering past their
+    # first twenty calls (a 429 is documented, but would hide the rest of each route).
+    limits = {f"ROAST_JOBS_QUOTA_{plan}_{window}": "1000000"
+              for plan in ("REGULAR", "PRO") for window in ("HOUR", "MONTH")}  # fmt: skip
+    with serve_api(app_db, tmp_path_factory.mktemp("api") / "log", limits) as base:
         yield base
 
 

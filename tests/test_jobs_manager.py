@@ -111,8 +111,9 @@ def test_running_job_is_active_then_completed(jm: JobManager, worker: CeleryWork
     name = label()
     job_id = jm.send(job_hold, {"label": name}, queue=WORKED)
     assert state_of(jm, job_id, JobState.ACTIVE), worker.log()[-2000:]
-    active = jm.get_job(job_id)
-    assert active.started_at is not None
+    # Active from its lease on; started once the worker's STARTED is stored (just after).
+    started = wait_until(lambda: (j := jm.get_job(job_id)).started_at is not None and j)
+    assert started and started.state is JobState.ACTIVE
     record_run(None, f"release:{name}")
     assert state_of(jm, job_id, JobState.COMPLETED), worker.log()[-2000:]
     done = jm.get_job(job_id)

@@ -35,8 +35,8 @@ def get_pause(_who: Admin, url: Url) -> dict[str, Any]:
 def open_pause(body: PauseBody, _who: Admin, url: Url) -> dict[str, Any]:
     """Pause job creation (every create is refused with 503 until the pause ends); 409
     when a pause is already open."""
-    if not body.reason.strip():
-        raise HTTPException(422, "reason: must not be blank")
+    if not body.reason.strip():  # a rule beyond the schema (Python's idea of blank): 400
+        raise HTTPException(400, "reason: must not be blank")
     try:
         return pauses.open_pause(url, body.reason).as_dict()
     except pauses.AlreadyPaused as exc:

@@ -3,6 +3,7 @@ the domain's exceptions mapped to their status (a bad request is 4xx, never a 50
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -42,10 +43,31 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     )
 }
 
+
+class QuotaWindow(BaseModel):
+    used: int
+    limit: int
+    resetsAt: datetime | None
+
+
+class QuotaBody(BaseModel):
+    """The caller's plan and what is counted in each window (before the refused request)."""
+
+    plan: str
+    hour: QuotaWindow
+    month: QuotaWindow
+
+
+class QuotaExceededBody(QuotaBody):
+    error: str
+    asked: int
+    window: str
+
+
 #: For the routes that charge the caller's evaluation quota.
 QUOTA_RESPONSES: dict[int | str, dict[str, Any]] = {
     429: {
-        "model": ErrorBody,
+        "model": QuotaExceededBody,
         "description": "Over the plan's evaluations per hour or month (Retry-After says "
         "when the window starts again); nothing was created",
         "headers": {"Retry-After": {"schema": {"type": "integer"}}},
@@ -120,8 +142,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(QuotaExceeded)
     def _quota(_r: Request, exc: QuotaExceeded) -> JSONResponse:
-        body = {**_body(str(exc)), "quota": jsonable_encoder(exc.usage.as_dict())}
-        return JSONResponse(body, 429, headers={"Retry-After": str(exc.retry_after())})
+        body = jsonable_encoder({**_body(str(exc)), **exc.as_dict()})
+        return JSONResponse(body, 429, headers={"Retry-After": str(exc.retry_after)})
 
     @app.exception_handler(DataError)
     def _data(_r: Request, exc: DataError) -> JSONResponse:

@@ -16,7 +16,7 @@ from roast_jobs.service.evaluation_requests import current_evaluation, request_e
 from . import owners
 from .batches import Name, job_rows
 from .deps import Body, PathId, Service, Tx, Url, User, exactly_one
-from .errors import QUOTA_RESPONSES
+from .errors import QUOTA_RESPONSES, QuotaBody
 
 router = APIRouter(tags=["evaluations"])
 
@@ -168,8 +168,13 @@ def rerun_evaluation(
     }
 
 
+class MyQuota(QuotaBody):
+    enabled: bool
+
+
 @router.get("/api/quota")
-def my_quota(who: User, s: Tx) -> dict[str, Any]:
+def my_quota(who: User, s: Tx) -> MyQuota:
     """The caller's plan and the evaluations counted this hour and month (requests that
     create evaluation jobs count; batches do not, as in RoastMyPost)."""
-    return {**quotas.usage_of(s, who.user_id).as_dict(), "enabled": quotas.enabled()}
+    usage = quotas.usage_of(s, who.user_id).as_dict()
+    return MyQuota.model_validate({**usage, "enabled": quotas.enabled()})

@@ -46,6 +46,9 @@ class ImportPayload(Payload):
     url: Annotated[str, Field(min_length=1, max_length=2048)]
     agent_ids: Annotated[list[Id], Field(max_length=MAX_IMPORT_AGENTS)] = []
     submitted_by_id: Id | None = None
+    # The evaluations count on the submitter's quota (HTTP API imports), charged when the
+    # document and its jobs are stored.
+    quota: bool = False
 
     @field_validator("url")
     @classmethod

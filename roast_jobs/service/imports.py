@@ -33,10 +33,11 @@ def _importer(session: Any) -> str:
     return str(row.scalar_one())
 
 
-def run_import(service: JobService, payload: ImportPayload, charged: int = 0) -> dict[str, Any]:
+def run_import(service: JobService, payload: ImportPayload) -> dict[str, Any]:
     """Import ``payload.url``; raises ``ArticleImportError`` (``.retryable`` says whether
-    trying again may help). Returns the legacy response's shape plus the jobs. ``charged``
-    evaluations go on the submitter's quota with the jobs (over it: nothing is stored)."""
+    trying again may help). Returns the legacy response's shape plus the jobs. With
+    ``payload.quota`` the evaluations go on the submitter's quota with the jobs
+    (``QuotaExceeded``: nothing is stored)."""
     article = fetch_article(payload.url)
     with service._tx() as session:
         check_pause(session)
@@ -47,8 +48,8 @@ def run_import(service: JobService, payload: ImportPayload, charged: int = 0) ->
             if payload.agent_ids
             else []
         )
-        if payload.submitted_by_id is not None:
-            quotas.charge(session, payload.submitted_by_id, charged)
+        if payload.quota and payload.submitted_by_id is not None:
+            quotas.charge(session, payload.submitted_by_id, len(jobs))
         return {
             "success": True,
             "documentId": doc.id,

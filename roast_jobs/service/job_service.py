@@ -530,14 +530,17 @@ class JobService:
     ) -> CreatedImport:
         """Import the article at ``url`` and queue evaluations by ``agent_ids``. On Celery
         one ``import`` task per (user, URL) is in flight at a time (singleton key); with Celery
-        off for this URL it runs here, as the legacy request did. ``quota``: charge the
-        evaluations to ``submitted_by_id``'s quota (``quotas``), in the transaction that
-        sends the import (Celery) or stores the document and its jobs (legacy)."""
-        charged = len(agent_ids) if quota and submitted_by_id is not None else 0
+        off for this URL it runs here, as the legacy request did. ``quota``: the
+        evaluations count on ``submitted_by_id``'s quota (``quotas``): checked now, so an
+        import that could not be charged is refused before it is sent or fetched, and
+        charged with the document and its jobs (by the import task on Celery), so an
+        import that fails costs nothing."""
         payload = parse(
             ImportPayload,
-            {"url": url, "agent_ids": list(agent_ids), "submitted_by_id": submitted_by_id},
-        )
+            {"url": url, "agent_ids": list(agent_ids), "submitted_by_id": submitted_by_id,
+             "quota": quota and submitted_by_id is not None},
+        )  # fmt: skip
+        charged = len(payload.agent_ids) if payload.quota else 0  # distinct ids
         with self._tx() as session:
             flags = self.flags.current(session)  # no second connection
             check_pause(session)
@@ -545,6 +548,8 @@ class JobService:
                 check_agent(session, agent_id)
             if submitted_by_id is not None:
                 self._check_user(session, submitted_by_id)
+            if submitted_by_id is not None:
+                quotas.check(session, submitted_by_id, charged)
             if flags.backend_for(payload.url) is Backend.CELERY:
                 task_id = self.manager.send(
                     IMPORT_TASK,
@@ -555,14 +560,10 @@ class JobService:
                     # their agents, and its id is not ours to see.
                     singleton_key=f"import:{payload.submitted_by_id or '-'}:{payload.url}",
                 )
-                if task_id.created and submitted_by_id is not None:
-                    quotas.charge(session, submitted_by_id, charged)
                 return CreatedImport("celery", str(task_id), task_id.created)
-            if submitted_by_id is not None:  # refused before the page is fetched
-                quotas.check(session, submitted_by_id, charged)
         from .imports import run_import
 
-        return CreatedImport("legacy", result=run_import(self, payload, charged))
+        return CreatedImport("legacy", result=run_import(self, payload))
 
     @staticmethod
     def _check_user(session: Session, user_id: str) -> None:

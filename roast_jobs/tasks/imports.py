@@ -10,6 +10,7 @@ from roast_jobs.domain.payloads import ImportPayload, InvalidPayload, parse
 from roast_jobs.jobs import RoastTask
 from roast_jobs.service.imports import run_import
 from roast_jobs.service.job_service import IMPORT_TASK
+from roast_jobs.service.quotas import QuotaExceeded
 
 from .services import job_service
 from .worker import app
@@ -21,7 +22,9 @@ class ImportFailed(Exception):
 
 class ImportTask(RoastTask):
     abstract = True
-    dont_retry_on = (ImportFailed, InvalidPayload)
+    # Over the quota when it ran (imports sent at once all passed the check): trying
+    # again within the window would not fit either.
+    dont_retry_on = (ImportFailed, InvalidPayload, QuotaExceeded)
 
 
 @app.task(name=IMPORT_TASK, base=ImportTask, acks_late=True)
