@@ -2,10 +2,10 @@
 request, as RoastMyPost's), ``GET /api/batches`` (the caller's, with job counts) and
 ``GET /api/batches/{id}`` (progress and jobs; owner or admin)."""
 
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query
-from pydantic import Field, model_validator
+from pydantic import Field
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -64,16 +64,6 @@ class EphemeralDocumentsBody(Body):
     )
     urls: list[WebUrl] | None = Field(default=None, min_length=1, max_length=MAX_INLINE_DOCUMENTS)
 
-    @model_validator(mode="after")
-    def _not_too_much_text(self) -> Self:
-        total = sum(len(d.content) for d in self.inline or [])
-        if total > MAX_INLINE_TOTAL_CHARS:
-            raise ValueError(
-                f"inline documents hold {total:,} characters, more than "
-                f"{MAX_INLINE_TOTAL_CHARS:,} in one batch"
-            )
-        return self
-
 
 class BatchBody(Body):
     agentId: Id | None = None
@@ -128,6 +118,12 @@ def inline_documents(body: BatchBody) -> list[InlineDocument] | None:
         )
     if body.ephemeralDocuments.inline is None:
         raise InvalidRequest("ephemeralDocuments needs inline documents")
+    total = sum(len(d.content) for d in body.ephemeralDocuments.inline)
+    if total > MAX_INLINE_TOTAL_CHARS:
+        raise InvalidRequest(
+            f"inline documents hold {total:,} characters, more than "
+            f"{MAX_INLINE_TOTAL_CHARS:,} in one batch"
+        )
     return [
         InlineDocument(title=d.title, content=d.content, authors=d.authors or (), url=d.url)
         for d in body.ephemeralDocuments.inline
