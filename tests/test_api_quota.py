@@ -192,6 +192,9 @@ def test_an_import_is_charged_when_its_document_and_jobs_are_stored(
         sent = post_import(api, user, [two[0], two[0]], url)
         assert sent.status_code == 202, sent.text
         assert counted(app_db, user["id"]) == (2, 2)
+        # Asked again (two agents now) while it waits: its job, not refused, not charged.
+        again = post_import(api, user, two, url)
+        assert (again.status_code, again.json()["created"]) == (202, False), again.text
         worker.start(timeout=120)
         status = f"{api}/api/import/{sent.json()['jobId']}"
         done = wait_until(

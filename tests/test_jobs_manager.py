@@ -16,6 +16,7 @@ import pytest
 
 from roast_jobs.jobs import InvalidTransition, JobManager, JobNotFound, JobState
 from tests.apps.jobs_app import (
+    job_ack_in_then_retry,
     job_fail,
     job_fail_first_on_release,
     job_fail_slow_retry,
@@ -25,6 +26,7 @@ from tests.apps.jobs_app import (
     job_reject,
     job_resend_and_return,
     job_retry_inside_its_transaction,
+    job_retry_with_a_database_error,
     record_run,
 )
 from tests.conftest import BROKER_SCHEMA, DATABASE_URL
@@ -343,6 +345,29 @@ def test_a_retry_raised_inside_the_tasks_own_transaction_is_kept(
     assert state_of(jm, job_id, JobState.COMPLETED), worker.log()[-3000:]
     assert runs(name) == 2
     assert runs(f"{name}:rolled-back") == 0
+
+
+def test_a_task_out_of_retries_fails_with_its_own_database_error(
+    jm: JobManager, worker: CeleryWorker
+) -> None:
+    """Celery re-raises the task's exc once retries run out: a psycopg error there is
+    the task's failure, not a retry that could not be written (no dead letter)."""
+    name = label()
+    job_id = jm.send(job_retry_with_a_database_error, {"label": name}, queue=WORKED)
+    assert state_of(jm, job_id, JobState.FAILED), (jm.get_job(job_id), worker.log()[-3000:])
+    assert "taken" in (jm.get_job(job_id).error or "")
+    assert runs(name) == 2  # the run and its one retry (max_retries=1)
+
+
+def test_a_retry_after_ack_in_in_the_same_block_does_not_wait_for_it(
+    jm: JobManager, worker: CeleryWorker
+) -> None:
+    """The block's ack_in holds the delivery's row; the raised retry's own transaction
+    must not wait for it (same thread: it never would be released)."""
+    name = label()
+    job_id = jm.send(job_ack_in_then_retry, {"label": name}, queue=WORKED)
+    assert state_of(jm, job_id, JobState.COMPLETED), worker.log()[-3000:]
+    assert runs(name) == 2
 
 
 def test_retry_running_job_is_refused(jm: JobManager, worker: CeleryWorker) -> None:

@@ -160,18 +160,24 @@ class RoastTask(SingletonTask):
             transport = conn.transport
             if not isinstance(transport, Transport):
                 return super().retry(throw=throw, **call)
+            sent: Retry | None = None
             try:
                 # Its own transaction even inside a caller's enqueue_in: raised, the retry
-                # rolls the caller's back, and would take the retry with it.
+                # rolls the caller's back, and would take the retry with it. The delivery
+                # is ended only if no other transaction holds it (the caller's, after an
+                # ack_in): then Celery's own late ack ends it, as before.
                 with transport.pool.connection() as db, db.transaction():
                     with publishing(sink=PsycopgSink(db)):
                         sent = super().retry(throw=False, **call)
-                    db.execute(job_statements(transport.options.schema).end_leased,
+                    db.execute(job_statements(transport.options.schema).end_leased_unheld,
                                {"task_id": request.id})  # fmt: skip
             except psycopg.Error as error:
+                if sent is None:  # the task's own error, re-raised by Celery: out of retries
+                    raise
                 # As Celery does when a retry cannot be sent: to the dead letters, not a
                 # FAILURE that hides the task's own error.
                 raise Reject(error, requeue=False) from error
+        assert sent is not None  # super().retry(throw=False) returns or raises
         if throw:
             raise sent
         return sent

@@ -548,8 +548,6 @@ class JobService:
                 check_agent(session, agent_id)
             if submitted_by_id is not None:
                 self._check_user(session, submitted_by_id)
-            if submitted_by_id is not None:
-                quotas.check(session, submitted_by_id, charged)
             if flags.backend_for(payload.url) is Backend.CELERY:
                 task_id = self.manager.send(
                     IMPORT_TASK,
@@ -560,7 +558,13 @@ class JobService:
                     # their agents, and its id is not ours to see.
                     singleton_key=f"import:{payload.submitted_by_id or '-'}:{payload.url}",
                 )
+                if task_id.created and submitted_by_id is not None:
+                    # A refusal rolls the send back with it; the same import again (its
+                    # job already waiting) costs nothing and is never refused.
+                    quotas.check(session, submitted_by_id, charged)
                 return CreatedImport("celery", str(task_id), task_id.created)
+            if submitted_by_id is not None:  # before the page is fetched
+                quotas.check(session, submitted_by_id, charged)
         from .imports import run_import
 
         return CreatedImport("legacy", result=run_import(self, payload))

@@ -10,6 +10,7 @@ from roast_jobs.domain.payloads import ImportPayload, InvalidPayload, parse
 from roast_jobs.jobs import RoastTask
 from roast_jobs.service.imports import run_import
 from roast_jobs.service.job_service import IMPORT_TASK
+from roast_jobs.service.outcomes import InvalidRequest
 from roast_jobs.service.quotas import QuotaExceeded
 
 from .services import job_service
@@ -22,9 +23,10 @@ class ImportFailed(Exception):
 
 class ImportTask(RoastTask):
     abstract = True
-    # Over the quota when it ran (imports sent at once all passed the check): trying
-    # again within the window would not fit either.
-    dont_retry_on = (ImportFailed, InvalidPayload, QuotaExceeded)
+    # Over the quota when it ran (imports sent at once all passed the check), or more
+    # than the plan allows at all (its limits lowered meanwhile): trying again in the
+    # window would not fit either.
+    dont_retry_on = (ImportFailed, InvalidPayload, QuotaExceeded, InvalidRequest)
 
 
 @app.task(name=IMPORT_TASK, base=ImportTask, acks_late=True)

@@ -12,7 +12,7 @@ import time
 import psycopg
 from celery.exceptions import Reject
 
-from roast_jobs.jobs import RetryPolicy, RoastTask, enqueue_in
+from roast_jobs.jobs import RetryPolicy, RoastTask, ack_in, enqueue_in
 from tests.apps.worker_app import app, settings
 
 __all__ = ["JOB_RUNS", "app", "ensure_job_runs"]
@@ -126,4 +126,25 @@ def job_retry_inside_its_transaction(self, label: str) -> str:
     url = settings.require_database_url().split("?")[0]
     with psycopg.connect(url) as conn, enqueue_in(conn):
         job_record.delay(f"{label}:rolled-back")  # goes with the transaction
+        raise self.retry(countdown=0.2)
+
+
+@app.task(bind=True, base=RoastTask, retry_policy=RetryPolicy(limit=1, delay=0.1, jitter=False))
+def job_retry_with_a_database_error(self, label: str) -> None:
+    """Retries with a psycopg error as its exc: out of retries (Celery's, then the
+    policy's), that error is its failure."""
+    record_run(self.request.id, label, self.request.retries or 0)
+    raise self.retry(exc=psycopg.errors.UniqueViolation(f"{label} taken"), max_retries=1,
+                     countdown=0.1)  # fmt: skip
+
+
+@app.task(bind=True, base=RoastTask)
+def job_ack_in_then_retry(self, label: str) -> str:
+    """Ends its delivery with ack_in, then raises its retry, in one enqueue_in block."""
+    record_run(self.request.id, label, self.request.retries or 0)
+    if self.request.retries:
+        return "ok"
+    url = settings.require_database_url().split("?")[0]
+    with psycopg.connect(url) as conn, enqueue_in(conn):
+        ack_in(conn, self.request.id, app)
         raise self.retry(countdown=0.2)

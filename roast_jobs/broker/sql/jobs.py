@@ -40,6 +40,7 @@ class JobStatements:
     held_task_ids: str
     lock_task: str
     end_leased: str
+    end_leased_unheld: str
 
 
 @cache
@@ -240,6 +241,17 @@ def job_statements(schema: str) -> JobStatements:
         end_leased=q(
             "DELETE FROM {s}.message WHERE task_id = %(task_id)s AND lease_owner IS NOT NULL "
             "RETURNING id"
+        ),
+        # The same, skipping a row another transaction holds (a retry on a connection of
+        # its own must not wait for its caller's open transaction, in the same thread).
+        end_leased_unheld=q(
+            """
+            DELETE FROM {s}.message WHERE id IN (
+                SELECT id FROM {s}.message
+                WHERE task_id = %(task_id)s AND lease_owner IS NOT NULL
+                FOR UPDATE SKIP LOCKED)
+            RETURNING id
+            """
         ),
         held_task_ids=q(
             """
