@@ -462,6 +462,7 @@ def test_dead_letters_list_show_redrive_and_purge(
     assert call(api, "GET", "/api/admin/dead-letters/999999", admin).status_code == 404
     assert call(api, "GET", "/api/admin/dead-letters/abc", admin).status_code == 404
     assert call(api, "GET", "/api/admin/dead-letters?limit=0", admin).status_code == 422
+    assert call(api, "GET", "/api/admin/dead-letters?queue=%00", admin).status_code == 422
 
     before = broker_rows(service)
     for path in ("redrive", "purge"):
@@ -475,6 +476,8 @@ def test_dead_letters_list_show_redrive_and_purge(
             ({"ids": ["x"]}, 422),
             ({"ids": [True]}, 422),  # not dead letter 1
             ({"ids": [str(a)]}, 422),  # a number, not a string of one
+            ({"all": True, "queue": "\u0000\u00c9"}, 422),  # no queue has a NUL byte
+            ({"all": True, "queue": ""}, 422),
         ):
             refused = call(api, "POST", f"/api/admin/dead-letters/{path}", admin, bad)
             assert refused.status_code == status, (path, bad, refused.text)

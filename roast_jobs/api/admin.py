@@ -12,7 +12,7 @@ from pydantic import Field
 from roast_jobs.jobs.dead_letters import DeadLetters
 from roast_jobs.service import pauses
 
-from .deps import Admin, Body, Service, Url
+from .deps import QUEUE_NAME, Admin, Body, Service, Url
 
 router = APIRouter(tags=["admin"])
 
@@ -60,7 +60,7 @@ class Selection(Body):
 
     ids: list[int] | None = None
     all: bool = False
-    queue: str | None = None
+    queue: Annotated[str, Field(**QUEUE_NAME)] | None = None
 
 
 def _letters(service: Service) -> DeadLetters:
@@ -88,7 +88,7 @@ def _checked(letters: DeadLetters, sel: Selection) -> list[int]:
 def list_dead_letters(
     _who: Admin,
     service: Service,
-    queue: str | None = None,
+    queue: Annotated[str | None, Query(**QUEUE_NAME)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     """Dead letters, newest first (of ``queue`` if given)."""

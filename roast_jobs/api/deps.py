@@ -87,6 +87,9 @@ Tx = Annotated[Session, Depends(session, scope="function")]
 User = Annotated[Caller, Depends(caller)]
 Admin = Annotated[Caller, Depends(admin)]
 
+#: A broker queue's name: any text PostgreSQL can hold (no NUL byte).
+QUEUE_NAME = {"min_length": 1, "max_length": 255, "pattern": r"^[^\x00]*$"}
+
 #: An id in a path: the ids' own alphabet, so junk is a 422 before any query runs.
 PathId = Annotated[
     str, Path(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_REGEX_SQL, description="An id")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -144,6 +145,11 @@ def install(app: FastAPI) -> None:
     def _quota(_r: Request, exc: QuotaExceeded) -> JSONResponse:
         body = jsonable_encoder({**_body(str(exc)), **exc.as_dict()})
         return JSONResponse(body, 429, headers={"Retry-After": str(exc.retry_after)})
+
+    @app.exception_handler(psycopg.DataError)
+    def _driver_data(_r: Request, exc: psycopg.DataError) -> JSONResponse:
+        # The same, from code that talks to psycopg directly (the broker's tables).
+        return JSONResponse(_body(f"invalid value: {first_line(exc)}"), 400)
 
     @app.exception_handler(DataError)
     def _data(_r: Request, exc: DataError) -> JSONResponse:
