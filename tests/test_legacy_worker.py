@@ -269,15 +269,28 @@ def eventually(fn: Any, timeout: float = 10.0) -> Any:
 # -- tests -------------------------------------------------------------------------------
 
 
+def beats(url: str) -> int:
+    with transaction(url) as s:
+        return int(s.execute(text('SELECT count(*) FROM "WorkerHeartbeat"')).scalar_one())
+
+
 def test_jobs_complete_one_at_a_time_in_fifo_order(url: str, tmp_path: Path) -> None:
     pairs = seed(url, 4)
     evals = [e for _d, e in pairs]
     # d0 twice: its evaluation gets versions 1 and 2.
     order = [evals[2], evals[0], evals[3], evals[1], evals[0]]
     with Worker(url, tmp_path, "LoggingEvaluator", max_workers=1) as worker:
-        # The database drops the poller's connection: it logs, reconnects, goes on.
-        eventually(lambda: terminate_connections(url, APPLICATION_NAME))
-        eventually(lambda: "failed (retrying every poll)" in worker.log(), timeout=5)
+        # The database drops the worker's connections (again, until a poll has met a
+        # dropped one: at first the heartbeat's may be the only one): it logs,
+        # reconnects, goes on.
+        eventually(lambda: beats(url) > 0)
+
+        def poll_meets_a_dropped_connection() -> bool:
+            terminate_connections(url, APPLICATION_NAME)
+            time.sleep(0.5)  # two polls
+            return "failed (retrying every poll)" in worker.log()
+
+        eventually(poll_meets_a_dropped_connection, timeout=20)
         ids = add_jobs(url, order)
         eventually(lambda: all_done(url))
         calls = worker.calls()
